@@ -1,0 +1,154 @@
+"""Command line: parse, build the config, dispatch to a stage.  Nothing else lives here.
+
+    hellodd run        every stage in order (the default preset is the Fashion-MNIST demo)
+    hellodd teachers   stage 1: teacher trajectory and model pool
+    hellodd projector  stages 2-3: projector (base + text head) and LoRA transfer from weak teachers
+    hellodd distill    stage 4: RDED initialisation and the projector-aware image update
+    hellodd evaluate   stage 5: students trained on the distilled set with each label source
+    hellodd storage    bytes of every label source, at this run's scale and at the paper's
+
+Bad input prints one line, ``hellodd: error: ...``, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from hellodd.errors import UserError
+
+STAGES = ("teachers", "projector", "distill", "evaluate")
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--preset", default="fashion-mnist", help="dataset preset (default: fashion-mnist)")
+    common.add_argument("--config", help="a config.json written by an earlier run (replaces --preset)")
+    common.add_argument("--out", help="output folder (default: runs/<preset>)")
+    common.add_argument(
+        "--data", help="dataset folder (Fashion-MNIST IDX files, or an ImageFolder root with train/ and val/)"
+    )
+    common.add_argument("--clip-checkpoint", help="local CLIP weights file for a clip: projector base")
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set teacher.epochs=3 (repeatable)",
+    )
+    common.add_argument("--accelerator", help="auto | cpu | cuda")
+    common.add_argument("--devices", type=int, help="processes (GPUs) per node")
+    common.add_argument("--num-nodes", type=int, help="number of nodes")
+    common.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
+    common.add_argument("--seed", type=int, help="global seed")
+    p = argparse.ArgumentParser(
+        prog="hellodd",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run every stage in order")
+    sub.add_parser("teachers", parents=[common], help="train the teacher trajectory (model pool)")
+    sub.add_parser("projector", parents=[common], help="build the projector and train its LoRA adapters")
+    sub.add_parser("distill", parents=[common], help="make the distilled images")
+    sub.add_parser("evaluate", parents=[common], help="train students with each label source")
+    st = sub.add_parser("storage", parents=[common], help="storage of every label source")
+    st.add_argument(
+        "--paper", action="store_true", help="the paper's ImageNet settings (builds the real adapters)"
+    )
+    return p
+
+
+def build_config(args: argparse.Namespace):
+    from hellodd import config as C
+
+    if args.config:
+        from hellodd.io import read_json
+
+        data = read_json(args.config)
+        cfg = C.from_dict(data.get("config", data), where=args.config)
+    else:
+        cfg = C.preset(args.preset)
+    overrides = list(args.overrides)
+    for flag, key in (
+        ("out", "out"),
+        ("data", "data.root"),
+        ("clip_checkpoint", "projector.checkpoint"),
+        ("accelerator", "engine.accelerator"),
+        ("devices", "engine.devices"),
+        ("num_nodes", "engine.num_nodes"),
+        ("precision", "engine.precision"),
+        ("seed", "engine.seed"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    return C.apply_overrides(cfg, overrides)
+
+
+def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
+    from hellodd import engine
+
+    if command == "storage":
+        from hellodd import storage
+
+        print(storage.report(cfg, paper=args.paper))
+        return
+    fabric = engine.make_fabric(cfg.engine)
+    stages = STAGES if command == "run" else (command,)
+    results = {}
+    for stage in stages:
+        if stage == "teachers":
+            from hellodd.teachers import train_teachers
+
+            results[stage] = train_teachers(cfg, fabric)
+        elif stage == "projector":
+            from hellodd.projector import run_projector
+
+            results[stage] = run_projector(cfg, fabric)
+        elif stage == "distill":
+            from hellodd.distill import run_distill
+
+            results[stage] = run_distill(cfg, fabric)
+        elif stage == "evaluate":
+            from hellodd.evaluate import run_evaluate
+
+            results[stage] = run_evaluate(cfg, fabric)
+    if fabric.is_global_zero:
+        from hellodd.summary import summarise
+
+        print(summarise(cfg, results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point usable in-process (tests): returns the exit code instead of exiting."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed its one-line error
+        return int(e.code or 0)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        cfg = build_config(args)
+        dispatch(cfg, args.command, args)
+    except UserError as e:
+        print(f"hellodd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hellodd: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    """Console script: re-exec once with glibc malloc tuned (must be set before the process starts)."""
+    if os.environ.get("HELLODD_NO_REEXEC") != "1" and any(
+        os.environ.get(k) != v for k, v in MALLOC_ENV.items()
+    ):
+        env = {**os.environ, **MALLOC_ENV, "HELLODD_NO_REEXEC": "1"}
+        os.execve(sys.executable, [sys.executable, "-m", "hellodd", *sys.argv[1:]], env)
+    sys.exit(main())

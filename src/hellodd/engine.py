@@ -1,0 +1,192 @@
+"""The training-loop layer over Lightning Fabric: one code path from one CPU process to N GPUs x M nodes.
+
+* :func:`make_fabric` builds and launches Fabric from :class:`EngineConfig`.  Under ``torchrun`` or
+  SLURM the process counts come from the launcher's environment (``LOCAL_WORLD_SIZE``, ``WORLD_SIZE``);
+  a config that disagrees is an error rather than N silent single-process jobs.
+* Trainable models go through ``fabric.setup`` (DDP when distributed); frozen models (teachers,
+  projector, observer) only through :func:`frozen`, never DDP-wrapped.
+* :class:`ShardSampler` gives every rank a disjoint, seeded share of each epoch and can start
+  mid-epoch, so a resumed run sees exactly the batches an uninterrupted one would.
+* :func:`evaluate` counts correct predictions on an unpadded shard per rank and sums across ranks.
+* :func:`progress` is a tqdm bar on rank 0 only, throttled when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hellodd.augment import to_float
+from hellodd.config import EngineConfig
+from hellodd.errors import UserError
+
+
+def _launcher_counts() -> tuple[int, int] | None:
+    """(devices per node, nodes) declared by torchrun / SLURM, or None when self-launching."""
+    env = os.environ
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env and "TORCHELASTIC_RUN_ID" in env:
+        local, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
+        return local, max(1, world // max(local, 1))
+    if (
+        "SLURM_NTASKS" in env
+        and "SLURM_NTASKS_PER_NODE" in env
+        and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+    ):
+        per_node = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
+        return per_node, max(1, int(env["SLURM_NTASKS"]) // per_node)
+    return None
+
+
+def make_fabric(cfg: EngineConfig):
+    """Create and launch Fabric; returns it with the seed set (same on every rank)."""
+    from lightning_fabric import Fabric
+
+    devices, nodes = cfg.devices, cfg.num_nodes
+    declared = _launcher_counts()
+    if declared is not None:
+        if (devices, nodes) not in ((1, 1), declared):
+            raise UserError(
+                f"--devices {devices} --num-nodes {nodes}: the launcher started {declared[0]} processes per node "
+                f"on {declared[1]} node(s); pass matching values or leave both at 1"
+            )
+        devices, nodes = declared
+    accelerator = cfg.accelerator
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise UserError("--accelerator cuda: no CUDA device is visible on this machine")
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    distributed = devices * nodes > 1
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=nodes,
+        strategy="ddp" if distributed else "auto",
+        precision=cfg.precision,
+    )
+    fabric.launch()
+    want = int(os.environ.get("WORLD_SIZE", devices * nodes))
+    if fabric.world_size != want:
+        raise UserError(f"engine: Fabric runs {fabric.world_size} processes but the launcher declared {want}")
+    fabric.seed_everything(cfg.seed, workers=True, verbose=False)
+    return fabric
+
+
+def frozen(fabric, model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients, on the device; never wrapped in DDP."""
+    model.eval().requires_grad_(False)
+    return fabric.to_device(model)
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator determined by (seed, keys): augmentation that replays after a resume."""
+    g = torch.Generator()
+    h = seed
+    for k in keys:
+        h = (h * 1_000_003 + int(k) + 1) % (2**63 - 1)
+    return g.manual_seed(h)
+
+
+class ShardSampler(Sampler[int]):
+    """Seeded per-epoch permutation (or identity), split across ranks, optionally starting at a batch.
+
+    Training shards are padded by wrap-around so every rank takes the same number of steps; evaluation
+    shards (``pad=False``) are disjoint and unpadded so counts are exact.
+    """
+
+    def __init__(self, n: int, rank: int, world: int, seed: int = 0, shuffle: bool = True, pad: bool = True):
+        self.n, self.rank, self.world, self.seed, self.shuffle, self.pad = n, rank, world, seed, shuffle, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+        self.epoch, self.start = epoch, start_index
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=step_generator(self.seed, self.epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        if self.pad:
+            total = math.ceil(self.n / self.world) * self.world
+            order = (order * math.ceil(total / max(self.n, 1)))[:total]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices()[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, len(self._indices()) - self.start)
+
+
+def loader(
+    fabric,
+    ds: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pad: bool = True,
+    workers: int = 0,
+    drop_last=False,
+) -> DataLoader:
+    """A DataLoader over this rank's shard; batches are moved to the device by Fabric."""
+    sampler = ShardSampler(len(ds), fabric.global_rank, fabric.world_size, seed, shuffle, pad)
+    dl = DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+    return fabric.setup_dataloaders(dl, use_distributed_sampler=False)
+
+
+def steps_per_epoch(n: int, batch_size: int, world: int, drop_last: bool = False) -> int:
+    per_rank = math.ceil(n / world)
+    return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
+
+
+@torch.inference_mode()
+def evaluate(
+    fabric, model: nn.Module, ds: Dataset, batch_size: int = 500, workers: int = 0, desc: str = "eval"
+) -> dict:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``ds``, over all ranks."""
+    was_training = model.training
+    model.eval()
+    dl = loader(fabric, ds, batch_size, shuffle=False, pad=False, workers=workers)
+    stats = torch.zeros(4, dtype=torch.float64, device=fabric.device)  # correct1, correct5, loss, count
+    for x, y in progress(fabric, dl, desc=desc, leave=False):
+        with fabric.autocast():
+            logits = model(to_float(x)).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, 1).indices
+        stats[0] += (top[:, 0] == y).sum()
+        stats[1] += (top == y[:, None]).any(1).sum()
+        stats[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        stats[3] += len(y)
+    stats = fabric.all_reduce(stats, reduce_op="sum")
+    model.train(was_training)
+    n = max(float(stats[3]), 1.0)
+    return {
+        "top1": 100 * float(stats[0]) / n,
+        "top5": 100 * float(stats[1]) / n,
+        "loss": float(stats[2]) / n,
+        "n": int(n),
+    }
+
+
+def progress(fabric, iterable=None, **kwargs):
+    """tqdm on rank 0 only; when stderr is not a terminal, a line at most every 30 s."""
+    from tqdm.auto import tqdm
+
+    tty = sys.stderr.isatty()
+    kwargs.setdefault("mininterval", 0.5 if tty else 30.0)
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(
+        iterable, disable=not fabric.is_global_zero or os.environ.get("HELLODD_NO_PROGRESS") == "1", **kwargs
+    )

@@ -1,0 +1,208 @@
+"""Stage 1: the teacher trajectory (supplement Table 1) and its model pool.
+
+One teacher is trained with SGD + momentum and a step LR schedule; at each epoch of
+``teacher.pool_epochs`` (fractions allowed: the step is ``round(epoch * steps_per_epoch)``) the weights
+are evaluated on the real validation split and saved to the pool.  Early checkpoints are the HeLlO
+*weak teachers*; the final model is the RDED *observer* and the online-teacher baseline.
+
+Outputs in ``<out>/teachers/``::
+
+    pool/epoch_<e>.safetensors   weights + metadata (arch spec, epoch, step, val accuracy)
+    final.safetensors            the last weights (also the observer)
+    pool.json                    the index: every checkpoint with its epoch and val accuracy
+    state.pt                     resume state (model, optimizer, step), rewritten at every checkpoint
+    config.json, metrics.json, storage.json
+
+Resume: the data order is a seeded permutation per epoch and the augmentation generator is seeded per
+step, so restarting from ``state.pt`` (saved at each pool checkpoint and each epoch end) reproduces
+the uninterrupted run exactly.  ``HELLODD_DIE_AT_STEP=N`` kills the process at step N (for tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hellodd import engine
+from hellodd.augment import augment, to_float
+from hellodd.config import Config
+from hellodd.data import load_data
+from hellodd.errors import UserError
+from hellodd.io import load_state, read_json, save_state, write_json
+from hellodd.models import build_model, count_parameters, save_classifier
+from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
+
+
+def pool_name(epoch: float) -> str:
+    return f"epoch_{epoch:07.3f}.safetensors"
+
+
+def checkpoint_steps(epochs: list[float], spe: int) -> dict[int, float]:
+    """Map training step -> pool epoch (the last one wins when two round to the same step)."""
+    return {max(1, round(e * spe)): e for e in sorted(epochs)}
+
+
+def lr_at(cfg: Config, step: int, spe: int) -> float:
+    t = cfg.teacher
+    return t.lr * t.lr_gamma ** math.floor((step / spe) / t.lr_step + 1e-9)
+
+
+def load_pool(cfg: Config) -> dict:
+    """The pool index written by :func:`train_teachers`; one clear error if the stage has not run."""
+    path = stage_dir(cfg, "teachers") / "pool.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no teacher pool; run 'hellodd teachers' first (same --out)")
+    pool = read_json(path)
+    for entry in pool["checkpoints"]:
+        entry["path"] = str(path.parent / entry["file"])
+    pool["final_path"] = str(path.parent / pool["final"])
+    return pool
+
+
+def train_teachers(cfg: Config, fabric) -> dict:
+    t = cfg.teacher
+    out = stage_dir(cfg, "teachers")
+    bundle = load_data(cfg.data, cfg.engine.seed)
+    world = fabric.world_size
+    spe = engine.steps_per_epoch(len(bundle.train), t.batch_size, world)
+    total = max(1, round(t.epochs * spe))
+    ckpt_steps = checkpoint_steps(t.pool_epochs, spe)
+    ckpt_steps.setdefault(total, t.epochs)
+
+    model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    state_path = out / "state.pt"
+    step, pool, history = 0, [], []
+    if state_path.exists():
+        state = load_state(state_path)
+        if state.get("spec") != model.spec or state.get("total") != total:
+            raise UserError(
+                f"{state_path}: resume state is from a different teacher setup; delete {out} to restart"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, pool, history = state["step"], state["pool"], state["history"]
+        fabric.print(f"teachers: resuming at step {step}/{total}")
+    if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg, "teachers")
+    model, opt = fabric.setup(model, opt)
+    dl = engine.loader(fabric, bundle.train, t.batch_size, shuffle=True, seed=cfg.engine.seed)
+    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
+
+    bar = engine.progress(fabric, total=total, initial=step, desc=f"teachers ({t.arch})", unit="step")
+    t0, seen = time.perf_counter(), 0
+    model.train()
+    while step < total:
+        epoch, start = divmod(step, spe)
+        dl.sampler.set_epoch(epoch, start * t.batch_size)
+        for x, y in dl:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step, spe)
+            x = augment(
+                to_float(x), t.augment, engine.step_generator(cfg.engine.seed, step, fabric.global_rank)
+            )
+            with fabric.autocast():
+                loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            opt.step()
+            step += 1
+            seen += len(y) * world
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(cfg, step - 1, spe):.2g}", refresh=False)
+            if die_at and step == die_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            at_epoch_end = step % spe == 0
+            if step in ckpt_steps or at_epoch_end or step == total:
+                if step in ckpt_steps:
+                    e = ckpt_steps[step]
+                    val = engine.evaluate(fabric, model, bundle.val, t.eval_batch_size, desc="val")
+                    entry = {
+                        "epoch": e,
+                        "step": step,
+                        "file": f"pool/{pool_name(e)}",
+                        **{k: val[k] for k in ("top1", "top5", "loss")},
+                    }
+                    pool = [p for p in pool if p["step"] != step] + [entry]
+                    if fabric.is_global_zero:
+                        save_classifier(out / entry["file"], model, epoch=e, step=step, val=val)
+                        fabric.print(f"teachers: epoch {e:g} (step {step}) val top-1 {val['top1']:.2f}%")
+                history.append({"step": step, "loss": float(loss.item())})
+                if fabric.is_global_zero:
+                    module = getattr(model, "module", model)
+                    save_state(
+                        state_path,
+                        {
+                            "model": module.state_dict(),
+                            "optimizer": opt.state_dict(),
+                            "step": step,
+                            "pool": pool,
+                            "history": history,
+                            "spec": model.spec,
+                            "total": total,
+                        },
+                    )
+                fabric.barrier()
+            if step >= total or at_epoch_end:
+                break
+    bar.close()
+    elapsed = time.perf_counter() - t0
+
+    final = pool[-1] if pool and pool[-1]["step"] == total else None
+    metrics = {
+        "arch": t.arch,
+        "params": count_parameters(model),
+        "dataset": {
+            "name": cfg.data.name,
+            "source": bundle.source,
+            "train": len(bundle.train),
+            "val": len(bundle.val),
+            "classes": bundle.num_classes,
+        },
+        "steps": total,
+        "steps_per_epoch": spe,
+        "world_size": world,
+        "seconds": elapsed,
+        "images_per_second": seen / elapsed if elapsed > 0 and seen else None,
+        "peak_memory_mib": peak_memory_mib(fabric.device),
+        "pool": sorted(pool, key=lambda p: p["step"]),
+        "final_val_top1": final["top1"] if final else None,
+        "loss_history": history,
+    }
+    if fabric.is_global_zero:
+        save_classifier(out / "final.safetensors", model, epoch=t.epochs, step=total, val=final)
+        files = [out / p["file"] for p in metrics["pool"]] + [out / "final.safetensors"]
+        storage = {
+            "what": "teacher checkpoints (fp32 safetensors); one of them is what an online-teacher label source stores",
+            "files": {str(f.relative_to(out)): f.stat().st_size for f in files},
+            "teacher_bytes": (out / "final.safetensors").stat().st_size,
+            "teacher_params": metrics["params"],
+        }
+        write_json(
+            out / "pool.json",
+            {
+                "arch": t.arch,
+                "checkpoints": [
+                    {k: p[k] for k in ("epoch", "step", "file", "top1", "top5")} for p in metrics["pool"]
+                ],
+                "final": "final.safetensors",
+            },
+        )
+        write_results(out, metrics, storage)
+    fabric.barrier()
+    return metrics
+
+
+def describe_pool(pool: dict) -> str:
+    rows = [
+        f"  epoch {p['epoch']:>7g}  val top-1 {p['top1']:6.2f}%  {Path(p['file']).name}"
+        for p in pool["checkpoints"]
+    ]
+    return "\n".join(rows)
