@@ -23,8 +23,15 @@ STAGES = ("teachers", "projector", "distill", "evaluate")
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``hellodd: error: ...``) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"hellodd: error: {message} (see 'hellodd --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--preset", default="fashion-mnist", help="dataset preset (default: fashion-mnist)")
     common.add_argument("--config", help="a config.json written by an earlier run (replaces --preset)")
     common.add_argument("--out", help="output folder (default: runs/<preset>)")
@@ -45,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--num-nodes", type=int, help="number of nodes")
     common.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
     common.add_argument("--seed", type=int, help="global seed")
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hellodd",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -259,12 +259,12 @@ def set_value(cfg: Config, key: str, value: str) -> None:
                 else ""
             )
             raise UserError(f"--set {key}: unknown key {'.'.join(parts[: i + 1])!r} (known here: {known})")
-        if i == len(parts) - 1:
-            setattr(target, part, _coerce(value, _hints(target)[part], key))
-        else:
+        if i < len(parts) - 1:
             target = getattr(target, part)
-    if dataclasses.is_dataclass(getattr(cfg, parts[0], None)) and len(parts) == 1:
-        raise UserError(f"--set {key}: name a field inside the section, e.g. {key}.<field>=...")
+        elif dataclasses.is_dataclass(getattr(target, part)):
+            raise UserError(f"--set {key}: name a field inside the section, e.g. {key}.<field>=...")
+        else:
+            setattr(target, part, _coerce(value, _hints(target)[part], key))
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -291,7 +291,7 @@ def from_dict(data: dict, where: str = "config") -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - names
         if unknown:
-            raise UserError(f"{where}: unknown key {prefix}{sorted(unknown)[0]!r}")
+            raise UserError(f"{where}: unknown key '{prefix}{sorted(unknown)[0]}'")
         kwargs = {}
         for k, v in values.items():
             tp = hints[k]

@@ -185,8 +185,6 @@ def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
 def load_imagefolder(cfg: DataConfig) -> DataBundle:
     from torchvision.datasets import ImageFolder
 
-    from hellodd.classnames import readable_names
-
     root = Path(cfg.root) if cfg.root else None
     if root is None:
         raise UserError("--data: an imagefolder dataset needs --data PATH (a folder with train/ and val/)")
@@ -203,6 +201,8 @@ def load_imagefolder(cfg: DataConfig) -> DataBundle:
             raise UserError(f"--data {d}: not a valid ImageFolder tree ({str(e).splitlines()[0]})") from None
     if folders["train"].classes != folders["val"].classes:
         raise UserError(f"--data {root}: train/ and val/ have different class folders")
+    from hellodd.classnames import readable_names
+
     classes = readable_names(folders["train"].classes)
     return DataBundle(
         FolderImages(folders["train"], None, cfg.image_size),

@@ -103,7 +103,8 @@ class ShardSampler(Sampler[int]):
         self.n, self.rank, self.world, self.seed, self.shuffle, self.pad = n, rank, world, seed, shuffle, pad
         self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int, start_index: int = 0) -> None:
+    def set_position(self, epoch: int, start_index: int = 0) -> None:
+        # deliberately not named ``set_epoch``: Fabric calls that on every new iterator with its own count
         self.epoch, self.start = epoch, start_index
 
     def _indices(self) -> list[int]:

