@@ -1,0 +1,159 @@
+"""The projector: zero-shot equivalence, adapters, merge, checkpoint loading, bad files (tiny CLIP, CPU)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hellodd.config import ProjectorConfig
+from hellodd.errors import UserError
+from hellodd.projector import (
+    _register_model_configs,
+    adapter_tensors,
+    add_adapters,
+    agreement,
+    build_base,
+    load_projector,
+    merged_for_inference,
+    prompt_templates,
+    save_adapters,
+)
+
+TINY = "clip:hellodd-RN-tiny"
+CLASSES = ["cat", "dog", "truck"]
+
+
+def tiny(**kw) -> ProjectorConfig:
+    args = {"base": TINY, "random_init": True, "image_size": 32, "encoder_rank": 4, "head_rank": 2, **kw}
+    return ProjectorConfig(**args)
+
+
+def _perturb(p, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, t in p.named_parameters():
+            if "lora_" in n:
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+
+
+def test_prompts_are_the_papers_seven():
+    t = prompt_templates()
+    assert len(t) == 7 and "itap of a {}." in t and "a photo of the small {}." in t
+
+
+def test_text_head_equals_open_clip_zero_shot_classifier(tmp_path):
+    import open_clip
+
+    p = build_base(tiny(), CLASSES, tmp_path)
+    _register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("hellodd-RN-tiny", pretrained=None).eval()
+    w = open_clip.build_zero_shot_classifier(
+        model, open_clip.get_tokenizer("hellodd-RN-tiny"), CLASSES, prompt_templates()
+    )
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.logit_scale.exp() * F.normalize(model.encode_image(p.prepare(x)), dim=-1) @ w
+        assert torch.allclose(p(x), ref, atol=1e-5)
+    assert list(tmp_path.glob("text-head-*.safetensors"))  # cached for the next build
+    assert torch.allclose(build_base(tiny(), CLASSES, tmp_path).head.weight, p.head.weight)
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_only_adapters_train():
+    p = build_base(tiny(), CLASSES)
+    with (
+        torch.no_grad()
+    ):  # open_clip zero-initialises each block's last BN (a random tower's branches are dead)
+        for m in p.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+    targets = add_adapters(p, 4, 2)
+    assert "head" in targets and any("attnpool.q_proj" in t for t in targets)
+    p(torch.rand(2, 1, 28, 28)).square().sum().backward()  # grey 28-px input is adapted inside
+    trainable = {n: t for n, t in p.named_parameters() if t.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(t.grad is not None for t in trainable.values())
+    # B starts at zero, so at step 0 only the B factors have non-zero gradients, and all of them do
+    silent = [n for n, t in trainable.items() if "lora_B" in n and not t.grad.abs().sum() > 0]
+    assert not silent, silent
+
+
+def test_training_steps_leave_the_base_unchanged():
+    p = build_base(tiny(), CLASSES)
+    add_adapters(p, 4, 2)
+    frozen = {n: t.clone() for n, t in p.state_dict().items() if "lora_" not in n}
+    opt = torch.optim.AdamW([t for t in p.parameters() if t.requires_grad], lr=1e-2)
+    before = adapter_tensors(p)
+    before = {k: v.clone() for k, v in before.items()}
+    for _ in range(3):
+        loss = F.cross_entropy(p.train()(torch.rand(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = p.state_dict()
+    assert all(torch.equal(frozen[n], after[n]) for n in frozen)
+    assert any(not torch.equal(before[k], v) for k, v in adapter_tensors(p).items())
+
+
+def test_adapter_file_round_trip_and_merge(tmp_path):
+    cfg = tiny()
+    p = build_base(cfg, CLASSES, tmp_path / "cache")
+    add_adapters(p, cfg.encoder_rank, cfg.head_rank)
+    _perturb(p)
+    path = tmp_path / "adapters.safetensors"
+    n = save_adapters(path, p, cfg)
+    assert n == sum(t.numel() for t in adapter_tensors(p).values())
+    q = load_projector(path)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(q(x), p.eval()(x), atol=1e-6)
+        m = merged_for_inference(q)
+        assert torch.allclose(m(x), q(x), atol=1e-4)
+        assert not any(t.requires_grad for t in m.parameters())
+    assert q.classes == CLASSES
+    # the file holds adapters only: far smaller than the tower it adapts
+    tower = sum(t.numel() for n, t in q.state_dict().items() if "lora_" not in n)
+    assert n < tower
+
+
+def test_users_checkpoint_file_is_loaded(tmp_path):
+    import open_clip
+
+    _register_model_configs()
+    torch.manual_seed(123)
+    model = open_clip.create_model("hellodd-RN-tiny", pretrained=None)
+    ckpt = tmp_path / "tiny-clip.pt"
+    torch.save(model.state_dict(), ckpt)
+    p = build_base(tiny(random_init=False, checkpoint=str(ckpt)), CLASSES, tmp_path)
+    assert p.info["pretrained"] and len(p.info["checkpoint_sha256"]) == 64
+    assert torch.equal(p.encoder.conv1.weight, model.visual.conv1.weight)
+    with pytest.raises(UserError, match="needs weights: pass --clip-checkpoint"):
+        build_base(tiny(random_init=False), CLASSES)
+    with pytest.raises(UserError, match="file not found"):
+        build_base(tiny(random_init=False, checkpoint=str(tmp_path / "none.pt")), CLASSES)
+    torch.save({"something": torch.zeros(3)}, tmp_path / "wrong.pt")
+    with pytest.raises(UserError, match="does not fit clip:hellodd-RN-tiny"):
+        build_base(tiny(random_init=False, checkpoint=str(tmp_path / "wrong.pt")), CLASSES)
+
+
+def test_damaged_or_foreign_adapter_files(tmp_path):
+    from hellodd.io import save_tensors
+
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(UserError, match="junk.safetensors"):
+        load_projector(tmp_path / "junk.safetensors")
+    save_tensors(tmp_path / "other.safetensors", {"x": torch.zeros(2)}, {"format": "something-else"})
+    with pytest.raises(UserError, match="not a hellodd projector adapter file"):
+        load_projector(tmp_path / "other.safetensors")
+
+
+def test_agreement_metric():
+    a = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    assert agreement(a, a) == {"top1_agreement": 100.0, "kl": pytest.approx(0.0, abs=1e-6)}
+    r = agreement(a, a.flip(1))
+    assert r["top1_agreement"] == 0.0 and r["kl"] > 1.0
+
+
+def test_attention_pool_resized_for_other_input_sizes():
+    p = build_base(tiny(image_size=64), CLASSES)
+    assert p.encoder.attnpool.positional_embedding.shape[0] == (64 // 32) ** 2 + 1
+    assert p(torch.rand(2, 3, 64, 64)).shape == (2, 3)
