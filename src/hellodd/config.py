@@ -93,6 +93,7 @@ class DistillConfig:
     update_iters: int = 300
     update_lr: float = 0.01
     update_batch_size: int = 50
+    agreement_weight: float = 1.0  # beta: weight of the observer-projector KL term in the update objective
 
 
 @dataclass
@@ -193,6 +194,22 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
         teacher=TeacherConfig(
             arch="convnet", epochs=2, batch_size=16, lr=0.01, pool_epochs=[0.5, 1.0, 1.5], augment="flip"
         ),
+        projector=ProjectorConfig(
+            base="clip:hellodd-RN-tiny",
+            random_init=True,
+            image_size=32,
+            encoder_rank=4,
+            head_rank=4,
+            epochs=1,
+            batch_size=16,
+            lr=5e-3,
+            num_teachers=2,
+            augment="flip",
+        ),
+        distill=DistillConfig(
+            ipc=2, factor=2, candidates_per_class=12, crops_per_image=2, update_iters=6, update_batch_size=4
+        ),
+        evaluate=EvaluateConfig(students=["convnet-d2-w16"], epochs=3, batch_size=4, seeds=[0, 1]),
     ),
 }
 

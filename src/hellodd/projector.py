@@ -481,7 +481,7 @@ def merged_for_inference(p: Projector) -> Projector:
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Top-1 agreement (%) and mean KL(softmax(a) || softmax(b)) between two sets of logits."""
+    """Top-1 agreement (%) and mean KL(softmax(a) || softmax(b)) between two sets of logits (a: reference)."""
     kl = F.kl_div(
         F.log_softmax(b.float(), -1), F.log_softmax(a.float(), -1), log_target=True, reduction="batchmean"
     )
@@ -554,7 +554,8 @@ def train_projector(
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "projector")
     proj = proj.to(fabric.device)
-    zero_shot = engine.evaluate(fabric, proj, bundle.val, 250, desc="zero-shot")
+    probe = subset(bundle.val, per_class_subset(bundle.val.targets, 200, cfg.engine.seed))  # <= 200 per class
+    zero_shot = engine.evaluate(fabric, proj, probe, 250, desc="zero-shot")
 
     world = fabric.world_size
     spe = engine.steps_per_epoch(len(train), pcfg.batch_size, world, drop_last=False)
@@ -628,11 +629,8 @@ def train_projector(
     bar.close()
     seconds = time.perf_counter() - t0
     val = engine.evaluate(fabric, proj, bundle.val, 250, desc="val")
-    p_logits, t_logits = None, None
-    if fabric.is_global_zero:
-        logits = _val_logits(fabric, [proj, *teacher_models], bundle.val, 250)
-        p_logits, t_logits = logits[0], torch.stack(logits[1:]).mean(0)
-    agree = agreement(t_logits, p_logits) if p_logits is not None else {}
+    logits = _val_logits(fabric, [proj, *teacher_models], probe, 250)  # this rank's share of the probe set
+    agree = agreement(torch.stack(logits[1:]).mean(0), logits[0])
     path = out / "adapters.safetensors"
     metrics = {
         "base": proj.info,
@@ -647,6 +645,7 @@ def train_projector(
         "seconds": seconds,
         "peak_memory_mib": peak_memory_mib(fabric.device),
         "zero_shot_val_top1": zero_shot["top1"],
+        "zero_shot_probe_images": zero_shot["n"],
         "val_top1": val["top1"],
         "val_top5": val["top5"],
         "teacher_agreement": agree,

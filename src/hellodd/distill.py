@@ -1,0 +1,398 @@
+"""Stage 4: distilled images -- RDED initialisation, then the projector-aware image update (supplement A.5).
+
+RDED initialisation (Sun et al., CVPR 2024; SPEC B.2), per class c, deterministic for the seed:
+
+1. draw ``candidates_per_class`` real training images of class c;
+2. from each, ``crops_per_image`` square random-resized crops (area 8-100%, aspect 1), resampled to
+   ``S / factor`` px (S = the dataset's resolution);
+3. realism score of a crop = CE(observer(crop), c), with the crop zero-padded (centred) to S px as RDED's
+   code does (for factor 1 the crop is already S px); the observer is the final teacher;
+4. keep each image's best crop, rank the images by that CE and keep the best ``IPC * factor**2`` crops;
+5. stitch: slot k (row-major) of image t receives crop ``k * IPC + t``.
+
+``factor`` is 2 for 224-px data (four 112-px patches per image, RDED's setting) and 1 for tiny images: a
+14-px quarter of a 28-px Fashion-MNIST image no longer shows a garment, so the demo preset uses 1.
+
+Image update (LIC adapted to HeLlO; SPEC B.5).  For image j with patches k, let ``p_jk`` be the patch
+cut from its source image at full resolution S (the same box), ``q_jk`` the slot of the stored image
+``s_j`` (the optimisation variable) and ``Up`` bilinear up-sampling of a slot to S px.  With the
+projector's LoRA-adapted encoder ``E`` (D-dim), the projector ``g`` and the observer ``phi``, both frozen:
+
+    L(s) = 1/(J K D) sum_jk || E(p_jk) - E(Up(q_jk)) ||^2                (information loss of E)
+           + beta * 1/J sum_j KL( softmax(phi(s_j)) || softmax(g(s_j)) )   (observer-projector agreement)
+
+The first term is the paper's: the distilled image should carry, *as the projector's encoder sees it*, the
+information of the full-resolution patch it came from.  With factor 1 it only anchors ``s`` to its source
+crop, so it cannot by itself narrow the observer-projector gap the update exists for; the second term does
+that directly (beta = ``agreement_weight``, 1 by default).  Adam on pixels (lr 0.01), images clamped to
+[0, 1] after every step, mini-batches of ``update_batch_size`` images in a fixed order.  The objective is
+logged per iteration; agreement (top-1 and mean KL) is measured before and after.
+
+Outputs in ``<out>/distill/ipc<IPC>-<variant>/`` (variant ``random`` | ``rded`` | ``rded-update``):
+``images.safetensors`` (uint8 images + int64 labels, manifest as metadata), ``manifest.json``, an
+ImageFolder tree of PNGs under ``png/``, ``contact_sheet.png``, and config/metrics/storage JSON.
+Selection and update run on rank 0 (minutes on one device); other ranks wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hellodd import engine
+from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_uint8
+from hellodd.config import Config
+from hellodd.data import class_indices, load_data
+from hellodd.errors import UserError
+from hellodd.io import load_state, load_tensors, save_state, save_tensors, sha256, write_json
+from hellodd.report import stage_dir, write_config, write_results
+
+
+def variant(cfg: Config) -> str:
+    d = cfg.distill
+    return "random" if d.init == "random" else ("rded-update" if d.update else "rded")
+
+
+def distilled_dir(cfg: Config) -> Path:
+    return stage_dir(cfg, "distill") / f"ipc{cfg.distill.ipc}-{variant(cfg)}"
+
+
+# --------------------------------------------------------------------------------------------------
+# selection
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    h = x.shape[-1]
+    if h == size:
+        return x
+    a = (size - h) // 2
+    return F.pad(x, (a, size - h - a, a, size - h - a))
+
+
+@torch.inference_mode()
+def rded_class(
+    observer,
+    images: torch.Tensor,
+    c: int,
+    ipc: int,
+    factor: int,
+    crops: int,
+    gen: torch.Generator,
+    batch: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RDED for one class: returns stitched images [IPC, C, S, S] (float), the chosen boxes [IPC*f^2, 5] and scores."""
+    n, _, s, _ = images.shape
+    need = ipc * factor * factor
+    if n < need:
+        raise UserError(f"distill: class {c} has {n} candidate images, fewer than IPC x factor^2 = {need}")
+    size = s // factor
+    boxes = sample_crops(n * crops, gen, ratio=(1.0, 1.0), flip=False).as_tensor()
+    src = torch.arange(n).repeat_interleave(crops)
+    dev = next(observer.parameters()).device
+    ce = torch.empty(n * crops)
+    for i in range(0, n * crops, batch):
+        x = to_float(images[src[i : i + batch]]).to(dev)
+        patch = apply_crops(x, CropParams.from_tensor(boxes[i : i + batch].to(dev)), size)
+        logits = observer(_pad_to(patch, s)).float()
+        ce[i : i + batch] = F.cross_entropy(
+            logits, torch.full((len(x),), c, device=dev), reduction="none"
+        ).cpu()
+    ce = ce.view(n, crops)
+    best_crop = ce.argmin(1)
+    best_ce = ce.gather(1, best_crop[:, None])[:, 0]
+    order = best_ce.argsort()[:need]
+    chosen = order * crops + best_crop[order]
+    return chosen, boxes[chosen], best_ce[order]
+
+
+def cut_patches(images: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    return apply_crops(to_float(images[src]), CropParams.from_tensor(boxes), size)
+
+
+def stitch(patches: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
+    """[IPC*f^2, C, h, w] -> [IPC, C, f*h, f*w]; slot k (row-major) of image t holds patch k*IPC + t."""
+    _, ch, h, w = patches.shape
+    grid = patches.view(factor, factor, ipc, ch, h, w)  # (row, col, t, ...)
+    return grid.permute(2, 3, 0, 4, 1, 5).reshape(ipc, ch, factor * h, factor * w)
+
+
+def unstitch(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Inverse of :func:`stitch` for a batch: [J, C, S, S] -> [J, f*f, C, S/f, S/f] (slot-major per image)."""
+    j, ch, s, _ = images.shape
+    h = s // factor
+    return (
+        images.view(j, ch, factor, h, factor, h)
+        .permute(0, 2, 4, 1, 3, 5)
+        .reshape(j, factor * factor, ch, h, h)
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# update
+
+
+def agreement_on(observer, projector, images: torch.Tensor, batch: int = 250) -> dict:
+    from hellodd.projector import agreement
+
+    with torch.inference_mode():
+        dev = next(observer.parameters()).device
+        a = torch.cat(
+            [observer(images[i : i + batch].to(dev)).float().cpu() for i in range(0, len(images), batch)]
+        )
+        b = torch.cat(
+            [projector(images[i : i + batch].to(dev)).float().cpu() for i in range(0, len(images), batch)]
+        )
+    return agreement(a, b)
+
+
+def update_objective(s, full_feats, projector, observer, factor, beta):
+    """L(s) for a batch of images ``s`` [J,C,S,S] given E(p_jk) as ``full_feats`` [J*K, D]."""
+    size = s.shape[-1]
+    slots = unstitch(s, factor).flatten(0, 1)
+    up = (
+        F.interpolate(slots, size=(size, size), mode="bilinear", align_corners=False) if factor > 1 else slots
+    )
+    info = (projector.encode(up).float() - full_feats).pow(2).mean()
+    agree = F.kl_div(
+        F.log_softmax(projector(s).float(), -1),
+        F.log_softmax(observer(s).float(), -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return info + beta * agree, info, agree
+
+
+def image_update(
+    images, full_patches, projector, observer, cfg: Config, state_path: Path, bar=None
+) -> tuple[torch.Tensor, list]:
+    """Adam on pixels; resumable from ``state_path`` (saved every 20 iterations and at the end)."""
+    d = cfg.distill
+    dev = next(observer.parameters()).device
+    s = images.clone().to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([s], lr=d.update_lr)
+    it, history = 0, []
+    if state_path.exists():
+        st = load_state(state_path)
+        if st["images"].shape != images.shape:
+            raise UserError(f"{state_path}: resume state is for another distilled set; delete it to restart")
+        with torch.no_grad():
+            s.copy_(st["images"].to(dev))
+        opt.load_state_dict(st["optimizer"])
+        it, history = st["iter"], st["history"]
+    with torch.no_grad():
+        full_feats = torch.cat(
+            [
+                projector.encode(full_patches[i : i + 256].to(dev)).float()
+                for i in range(0, len(full_patches), 256)
+            ]
+        )
+    k = d.factor * d.factor
+    j = len(images)
+    bsz = min(d.update_batch_size, j)
+    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
+    if bar is not None:
+        bar.reset(total=d.update_iters)
+        bar.update(it)
+    while it < d.update_iters:
+        start = (it * bsz) % j
+        idx = torch.arange(start, start + bsz) % j
+        loss, info, agree = update_objective(
+            s[idx],
+            full_feats.view(j, k, -1)[idx].flatten(0, 1),
+            projector,
+            observer,
+            d.factor,
+            d.agreement_weight,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            s.clamp_(0, 1)
+        it += 1
+        history.append({"iter": it, "loss": loss.item(), "info": info.item(), "agreement_kl": agree.item()})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if die_at and it == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if it % 20 == 0 or it == d.update_iters:
+            save_state(
+                state_path,
+                {"images": s.detach().cpu(), "optimizer": opt.state_dict(), "iter": it, "history": history},
+            )
+    return s.detach().cpu(), history
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+
+def contact_sheet(
+    images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, scale: int = 2
+) -> None:
+    """Every image, one row per class with its name on the left."""
+    from PIL import Image, ImageDraw
+
+    ncls = len(classes)
+    per = max(int((labels == c).sum()) for c in range(ncls))
+    s = images.shape[-1] * scale
+    pad, label_w = 2, 110
+    sheet = Image.new("RGB", (label_w + per * (s + pad), ncls * (s + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c in range(ncls):
+        y = c * (s + pad)
+        draw.text((4, y + s // 2 - 6), classes[c][:18], fill="black")
+        for i, img in enumerate(images[labels == c]):
+            arr = img.expand(3, -1, -1).permute(1, 2, 0).numpy()
+            tile = Image.fromarray(arr).resize((s, s), Image.NEAREST)
+            sheet.paste(tile, (label_w + i * (s + pad), y))
+    with open(path.with_suffix(".tmp.png"), "wb") as f:
+        sheet.save(f, format="PNG")
+    os.replace(path.with_suffix(".tmp.png"), path)
+
+
+def write_png_tree(images: torch.Tensor, labels: torch.Tensor, classes: list[str], root: Path) -> int:
+    from PIL import Image
+
+    total = 0
+    counters: dict[int, int] = {}
+    for img, y in zip(images, labels.tolist()):
+        i = counters.get(y, 0)
+        counters[y] = i + 1
+        name = "".join(ch if ch.isalnum() else "_" for ch in classes[y]).strip("_")
+        d = root / f"{y:03d}_{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+        p = d / f"{i:04d}.png"
+        Image.fromarray(arr).save(p)
+        total += p.stat().st_size
+    return total
+
+
+def load_distilled(directory) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Images (uint8 [N,C,H,W]), labels (int64 [N]) and manifest of a distilled set written by this stage."""
+    path = Path(directory) / "images.safetensors"
+    tensors, meta = load_tensors(path)
+    if "images" not in tensors or "labels" not in tensors or tensors["images"].dtype != torch.uint8:
+        raise UserError(f"{path}: not a hellodd distilled set (needs uint8 'images' and 'labels')")
+    if len(tensors["images"]) != len(tensors["labels"]):
+        raise UserError(f"{path}: {len(tensors['images'])} images but {len(tensors['labels'])} labels")
+    return tensors["images"], tensors["labels"].long(), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# the stage
+
+
+def run_distill(cfg: Config, fabric) -> dict:
+    from hellodd.models import load_classifier
+    from hellodd.teachers import load_pool
+
+    d = cfg.distill
+    out = distilled_dir(cfg)
+    bundle = load_data(cfg.data, cfg.engine.seed)
+    metrics: dict = {"variant": variant(cfg), "ipc": d.ipc, "factor": d.factor}
+    if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg, "distill")
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.engine.seed)
+        targets = bundle.train.targets
+        observer = (
+            engine.frozen(fabric, load_classifier(load_pool(cfg)["final_path"])[0])
+            if d.init == "rded" or d.update
+            else None
+        )
+        init_path = out / "init.safetensors"
+        if init_path.exists():
+            t, _ = load_tensors(init_path)
+            images, labels, full = t["images"], t["labels"], t["full_patches"]
+        else:
+            imgs, labs, fulls = [], [], []
+            bar = engine.progress(
+                fabric, total=bundle.num_classes, desc=f"distill init ({d.init}, IPC {d.ipc})", unit="class"
+            )
+            for c in range(bundle.num_classes):
+                pool_idx = class_indices(targets, c)
+                pick = pool_idx[torch.randperm(len(pool_idx), generator=gen)]
+                if d.init == "random":
+                    if len(pick) < d.ipc:
+                        raise UserError(
+                            f"distill: class {c} has only {len(pick)} training images for IPC {d.ipc}"
+                        )
+                    x = to_float(torch.stack([bundle.train[i][0] for i in pick[: d.ipc].tolist()]))
+                    imgs.append(x)
+                    fulls.append(x)
+                else:
+                    cand = torch.stack([bundle.train[i][0] for i in pick[: d.candidates_per_class].tolist()])
+                    chosen, boxes, _ = rded_class(
+                        observer, cand, c, d.ipc, d.factor, d.crops_per_image, gen, d.score_batch_size
+                    )
+                    src = chosen // d.crops_per_image
+                    size = cand.shape[-1]
+                    imgs.append(stitch(cut_patches(cand, src, boxes, size // d.factor), d.ipc, d.factor))
+                    full = cut_patches(cand, src, boxes, size)  # slot order: patch k*IPC+t -> image t slot k
+                    fulls.append(
+                        full.view(d.factor * d.factor, d.ipc, *full.shape[1:]).transpose(0, 1).flatten(0, 1)
+                    )
+                labs.append(torch.full((d.ipc,), c, dtype=torch.long))
+                bar.update(1)
+            bar.close()
+            images, labels, full = torch.cat(imgs), torch.cat(labs), torch.cat(fulls)
+            save_tensors(init_path, {"images": images, "labels": labels, "full_patches": full})
+        metrics["init_seconds"] = time.perf_counter() - t0
+        if d.update and d.init == "rded":
+            from hellodd.projector import load_projector, projector_path
+
+            projector = engine.frozen(
+                fabric, load_projector(projector_path(cfg), fabric.device, Path(cfg.out) / "cache")
+            )
+            metrics["agreement_before"] = agreement_on(observer, projector, images)
+            bar = engine.progress(fabric, total=d.update_iters, desc="image update", unit="it")
+            t1 = time.perf_counter()
+            images, history = image_update(images, full, projector, observer, cfg, out / "state.pt", bar)
+            bar.close()
+            metrics["update_seconds"] = time.perf_counter() - t1
+            metrics["agreement_after"] = agreement_on(observer, projector, images)
+            metrics["objective_first"], metrics["objective_last"] = history[0]["loss"], history[-1]["loss"]
+            metrics["objective"] = history
+        images_u8 = to_uint8(images)
+        manifest = {
+            "classes": bundle.classes,
+            "ipc": d.ipc,
+            "variant": variant(cfg),
+            "source": f"{cfg.data.name}: {bundle.source}",
+            "seed": cfg.engine.seed,
+            "resolution": list(images_u8.shape[1:]),
+            "factor": d.factor,
+            "count": len(images_u8),
+        }
+        save_tensors(out / "images.safetensors", {"images": images_u8, "labels": labels}, manifest)
+        png_bytes = write_png_tree(images_u8, labels, bundle.classes, out / "png")
+        contact_sheet(images_u8, labels, bundle.classes, out / "contact_sheet.png")
+        manifest["bytes"] = {
+            "images.safetensors": (out / "images.safetensors").stat().st_size,
+            "png_total": png_bytes,
+            "raw_uint8": images_u8.numel(),
+        }
+        manifest["images_sha256"] = sha256(out / "images.safetensors")
+        write_json(out / "manifest.json", manifest)
+        metrics["seconds"] = time.perf_counter() - t0
+        metrics["manifest"] = manifest
+        write_results(out, metrics, {"what": "distilled images", **manifest["bytes"]})
+        line = f"distill {variant(cfg)} IPC {d.ipc}: {len(images_u8)} images in {metrics['seconds']:.0f} s"
+        if "agreement_after" in metrics:
+            b, a = metrics["agreement_before"], metrics["agreement_after"]
+            line += (
+                f"; observer-projector top-1 agreement {b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, "
+                f"KL {b['kl']:.3f} -> {a['kl']:.3f}; objective {metrics['objective_first']:.4f} -> {metrics['objective_last']:.4f}"
+            )
+        metrics["summary"] = line
+    fabric.barrier()
+    return metrics

@@ -1,0 +1,142 @@
+"""Stage 4 on the synthetic preset: RDED pieces, outputs, determinism, baselines, resume."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from conftest import PYTHON, cli_env
+from hellodd.cli import main
+from hellodd.distill import load_distilled, rded_class, stitch, unstitch
+from hellodd.errors import UserError
+
+
+@pytest.mark.parametrize("ipc, factor", [(1, 1), (3, 1), (2, 2), (1, 3)])
+def test_stitch_layout_and_inverse(ipc, factor):
+    patches = (
+        torch.arange(ipc * factor * factor, dtype=torch.float).view(-1, 1, 1, 1).expand(-1, 1, 2, 2).clone()
+    )
+    images = stitch(patches, ipc, factor)
+    assert images.shape == (ipc, 1, 2 * factor, 2 * factor)
+    slots = unstitch(images, factor)
+    for t in range(ipc):
+        for k in range(factor * factor):  # slot k of image t holds patch k * IPC + t (RDED's order)
+            assert torch.all(slots[t, k] == k * ipc + t)
+
+
+class _Bright(torch.nn.Module):
+    """Observer whose class-0 logit is the mean brightness: the most realistic crop is the brightest."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3)) * 10 * self.w
+        return torch.stack([m, torch.zeros_like(m)], 1)
+
+
+def test_rded_keeps_the_lowest_cross_entropy_crops_deterministically():
+    images = (torch.arange(6, dtype=torch.float).view(6, 1, 1, 1) * 40).expand(6, 1, 8, 8).to(torch.uint8)
+    a = rded_class(_Bright(), images, 0, ipc=2, factor=1, crops=1, gen=torch.Generator().manual_seed(0))
+    b = rded_class(_Bright(), images, 0, ipc=2, factor=1, crops=1, gen=torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert sorted(a[0].tolist()) == [4, 5]  # the two brightest images
+    assert a[2][0] <= a[2][1]
+    with pytest.raises(UserError, match="fewer than IPC x factor"):
+        rded_class(_Bright(), images, 0, ipc=2, factor=2, crops=1, gen=torch.Generator())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill")
+    for stage in ("teachers", "projector", "distill"):
+        assert main([stage, "--preset", "synthetic", "--out", str(out)]) == 0
+    return out
+
+
+def test_outputs_shapes_range_and_manifest(run):
+    d = run / "distill" / "ipc2-rded-update"
+    images, labels, meta = load_distilled(d)
+    assert images.shape == (8, 3, 16, 16) and images.dtype == torch.uint8
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert (
+        manifest["ipc"] == 2
+        and manifest["classes"] == meta["classes"]
+        and manifest["resolution"] == [3, 16, 16]
+    )
+    assert manifest["bytes"]["images.safetensors"] == (d / "images.safetensors").stat().st_size
+    assert len(list((d / "png").rglob("*.png"))) == 8 and (d / "contact_sheet.png").stat().st_size > 0
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert len(metrics["objective"]) == 6 and {"top1_agreement", "kl"} <= set(metrics["agreement_after"])
+
+
+def test_update_lowers_the_objective_and_the_disagreement(run):
+    metrics = json.loads((run / "distill" / "ipc2-rded-update" / "metrics.json").read_text())
+    assert metrics["objective_last"] < metrics["objective_first"]
+    assert metrics["agreement_after"]["kl"] < metrics["agreement_before"]["kl"]
+
+
+def test_baselines_random_and_rded_without_update(run):
+    assert main(["distill", "--preset", "synthetic", "--out", str(run), "--set", "distill.init=random"]) == 0
+    assert main(["distill", "--preset", "synthetic", "--out", str(run), "--set", "distill.update=false"]) == 0
+    rnd, labels, _ = load_distilled(run / "distill" / "ipc2-random")
+    from hellodd.config import preset
+    from hellodd.data import load_data
+
+    train = load_data(preset("synthetic").data).train
+    real = {bytes(x.flatten().tolist()) for x in train.images}
+    assert all(bytes(x.flatten().tolist()) in real for x in rnd)  # random real images, untouched
+    plain, _, _ = load_distilled(run / "distill" / "ipc2-rded")
+    updated, _, _ = load_distilled(run / "distill" / "ipc2-rded-update")
+    assert not torch.equal(plain, updated)
+
+
+def test_same_seed_same_images(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run / "teachers", tmp_path / "teachers")
+    shutil.copytree(run / "projector", tmp_path / "projector")
+    assert main(["distill", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
+    a, _, _ = load_distilled(run / "distill" / "ipc2-rded-update")
+    b, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
+    assert torch.equal(a, b)
+
+
+def test_killed_update_resumes_to_the_same_images(run, tmp_path):
+    import shutil
+
+    for stage in ("teachers", "projector"):
+        shutil.copytree(run / stage, tmp_path / stage)
+    cmd = [
+        PYTHON,
+        "-m",
+        "hellodd",
+        "distill",
+        "--preset",
+        "synthetic",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "distill.update_iters=45",
+    ]
+    killed = subprocess.run(cmd, env=cli_env(HELLODD_DIE_AT_STEP=30), timeout=300)
+    assert killed.returncode == -9
+    assert subprocess.run(cmd, env=cli_env(), timeout=300).returncode == 0
+    ref = tmp_path / "ref"
+    for stage in ("teachers", "projector"):
+        shutil.copytree(run / stage, ref / stage)
+    assert subprocess.run([*cmd[:7], str(ref), *cmd[8:]], env=cli_env(), timeout=300).returncode == 0
+    a, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
+    b, _, _ = load_distilled(ref / "distill" / "ipc2-rded-update")
+    assert torch.equal(a, b)
+
+
+def test_missing_or_damaged_distilled_set(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_distilled(tmp_path)
+    (tmp_path / "images.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        load_distilled(tmp_path)
