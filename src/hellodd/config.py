@@ -114,6 +114,8 @@ class EvaluateConfig:
     schedule: str = "half-cosine"  # half-cosine (RDED) | cosine
     stored_dtype: str = "float16"
     eval_batch_size: int = 500
+    crop_min_scale: float = 0.5  # random-resized-crop area range (crop_min_scale, 1); RDED uses 1/factor
+    lr_per_arch: bool = False  # RDED's per-architecture learning rates instead of evaluate.lr
 
 
 @dataclass

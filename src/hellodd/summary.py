@@ -17,4 +17,7 @@ def summarise(cfg: Config, results: dict) -> str:
         r = results.get(stage)
         if r and r.get("summary"):
             lines.append(r["summary"])
+    ev = results.get("evaluate")
+    if ev and ev.get("table"):
+        lines += ["", ev["table"]]
     return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Stage 5: students trained from scratch on the distilled set, one run per (label source, student, seed).
+
+Per iteration (supplement Table 3; RDED's evaluation where the paper is silent, SPEC B.6):
+
+* a batch of ``batch_size`` distilled images from the seeded :class:`~hellodd.labels.Stream`: random-resized
+  crop (area ``crop_min_scale``..1, RDED uses 1/factor) with horizontal flip, then CutMix (alpha 1, one
+  box / lambda / permutation per batch);
+* targets from the label source on exactly those pixels;
+* loss ``mse``: MSE(student logits, target logits) + ``ce_weight`` x CE(student, un-mixed hard label)
+  (G-VBSM's ``mse_gt``, HeLlO's "MSE + 0.025 CE"); ``kl``: KL at ``temperature`` (RDED); the ``hard``
+  source has no logits and trains with cross-entropy on the CutMix-mixed one-hot targets;
+* AdamW (lr, weight decay 0.01), per-epoch schedule ``half-cosine`` (RDED: lr * (1 + cos(pi t / 2T)) / 2,
+  ends at half) or ``cosine`` (to 0).
+
+Reported per run: top-1 / top-5 on the real validation split after the **last** epoch (no selection on
+the test set), seconds per iteration (median after 5 warm-up iterations, label generation included),
+peak memory (CUDA max allocated on a GPU; on a CPU the process's peak RSS so far, which is monotone across
+the runs of one process: ``benchmarks/bench_labels.py`` measures each source in a fresh process), and the
+extra storage of the label source (:mod:`hellodd.storage`, from the real files).  Seeds vary the student's
+initialisation and the augmentation stream; ``stored`` labels are written once per seed (its storage is one
+seed's files).  Under DDP each rank draws its own share of every batch from the stream (rank in the seed)
+and labels it itself; stored labels are written and read per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hellodd import engine
+from hellodd.config import Config
+from hellodd.data import load_data
+from hellodd.errors import UserError
+from hellodd.io import write_bytes
+from hellodd.labels import HardLabels, ModelLabels, StoredLabels, Stream, render, write_stored_labels
+from hellodd.models import build_model
+from hellodd.report import mib, peak_memory_mib, stage_dir, write_config, write_results
+
+# RDED's per-architecture AdamW learning rates (argument.py); used with evaluate.lr_per_arch=true
+RDED_LR = {
+    "resnet18": 1e-3,
+    "mobilenet_v2": 2.5e-3,
+    "efficientnet_b0": 2e-3,
+    "vgg11": 5e-4,
+    "swin_v2_t": 1e-4,
+    "vit_b_16": 1e-4,
+}
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    if schedule == "half-cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / (2 * epochs)))
+    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def student_loss(
+    cfg: Config, logits: torch.Tensor, targets: torch.Tensor, kind: str, y: torch.Tensor
+) -> torch.Tensor:
+    ev = cfg.evaluate
+    if kind == "probs":
+        return torch.sum(-targets * F.log_softmax(logits, -1), -1).mean()
+    if ev.loss == "kl":
+        t = ev.temperature
+        return F.kl_div(
+            F.log_softmax(logits / t, -1),
+            F.log_softmax(targets / t, -1),
+            log_target=True,
+            reduction="batchmean",
+        )
+    return F.mse_loss(logits, targets) + ev.ce_weight * F.cross_entropy(logits, y)
+
+
+def train_student(
+    cfg: Config, fabric, arch: str, source, images, labels, val, num_classes: int, seed: int, stream
+) -> dict:
+    ev = cfg.evaluate
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
+    lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": ev.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    model, opt = fabric.setup(model, opt)
+    batches = source if isinstance(source, StoredLabels) else stream
+    times, step_total = [], 0
+    model.train()
+    bar = engine.progress(
+        fabric, total=ev.epochs, desc=f"{source.name} -> {arch} (seed {seed})", unit="ep", leave=False
+    )
+    for epoch in range(ev.epochs):
+        for g in opt.param_groups:
+            g["lr"] = lr * lr_factor(ev.schedule, epoch, ev.epochs)
+        for step in range(stream.steps_per_epoch):
+            t0 = time.perf_counter()
+            idx, crops, mix = batches.batch_params(epoch, step)
+            x = render(images, idx, crops, mix, fabric.device)
+            y = labels[idx].to(fabric.device)
+            targets = source.targets(x, y, mix, epoch, step)
+            with fabric.autocast():
+                out = model(x).float()
+            loss = student_loss(cfg, out, targets, source.kind, y)
+            opt.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            opt.step()
+            if fabric.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            step_total += 1
+        bar.update(1)
+    bar.close()
+    val_metrics = engine.evaluate(fabric, model, val, ev.eval_batch_size, desc="val")
+    warm = times[5:] if len(times) > 5 else times
+    return {
+        "source": source.name,
+        "student": arch,
+        "seed": seed,
+        "lr": lr,
+        "top1": val_metrics["top1"],
+        "top5": val_metrics["top5"],
+        "iterations": step_total,
+        "seconds_per_iteration": statistics.median(warm),
+        "final_loss": float(loss.item()),
+        "peak_memory_mib": peak_memory_mib(fabric.device),
+    }
+
+
+def _sources(cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path) -> dict:
+    """Build the requested label sources (and their storage) for one seed."""
+    from hellodd import storage
+    from hellodd.models import load_classifier
+
+    built, cost = {}, {}
+    need_teacher = {"teacher", "stored"} & set(cfg.evaluate.label_sources)
+    teacher_path = None
+    if need_teacher:
+        from hellodd.teachers import load_pool
+
+        teacher_path = load_pool(cfg)["final_path"]
+        teacher = engine.frozen(fabric, load_classifier(teacher_path)[0])
+    for name in cfg.evaluate.label_sources:
+        if name == "hard":
+            built[name] = HardLabels(num_classes)
+            cost[name] = storage.label_storage("hard")
+        elif name == "teacher":
+            built[name] = ModelLabels("teacher", teacher)
+            cost[name] = storage.label_storage("teacher", teacher_file=teacher_path)
+        elif name == "projector":
+            from hellodd.projector import load_projector, merged_for_inference, projector_path
+
+            path = projector_path(cfg)
+            p = load_projector(path, "cpu", Path(cfg.out) / "cache")
+            built[name] = ModelLabels("projector", engine.frozen(fabric, merged_for_inference(p)))
+            cost[name] = storage.label_storage("projector", adapter_file=path)
+        elif name == "stored":
+            root = out / "stored-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
+            files = write_stored_labels(
+                root, teacher, images, stream, cfg.evaluate.epochs, cfg.evaluate.stored_dtype, fabric.device
+            )
+            built[name] = StoredLabels(root, stream, cfg.evaluate.epochs)
+            cost[name] = storage.label_storage("stored", stored_files=files)
+    return built, cost
+
+
+def _table(rows: list[dict], cost: dict) -> str:
+    head = (
+        "| label source | student | top-1 (mean ± std) | top-5 | s / iteration | peak memory (MiB) | extra storage (bytes) |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["source"], r["student"]), []).append(r)
+    for (src, arch), rs in groups.items():
+        t1 = [r["top1"] for r in rs]
+        sd = statistics.stdev(t1) if len(t1) > 1 else 0.0
+        lines.append(
+            f"| {src} | {arch} | {statistics.mean(t1):.2f} ± {sd:.2f} (n={len(t1)}) | {statistics.mean(r['top5'] for r in rs):.2f} | "
+            f"{statistics.median(r['seconds_per_iteration'] for r in rs):.4f} | {max(r['peak_memory_mib'] for r in rs):.0f} | "
+            f"{cost[src]['bytes']:,} ({mib(cost[src]['bytes']):.3f} MiB) |"
+        )
+    return "\n".join(lines)
+
+
+def run_evaluate(cfg: Config, fabric) -> dict:
+    from hellodd.distill import distilled_dir, load_distilled
+
+    ev = cfg.evaluate
+    out = stage_dir(cfg, "evaluate")
+    d = distilled_dir(cfg)
+    if not (d / "images.safetensors").is_file():
+        raise UserError(
+            f"{d}: no distilled set; run 'hellodd distill' first (same --out and distill settings)"
+        )
+    images, labels, manifest = load_distilled(d)
+    bundle = load_data(cfg.data, cfg.engine.seed)
+    if manifest.get("classes") != bundle.classes:
+        raise UserError(f"{d}: distilled for other classes than the {cfg.data.name} data in this config")
+    if fabric.is_global_zero:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg, "evaluate")
+    rows, cost = [], {}
+    t0 = time.perf_counter()
+    for seed in ev.seeds:
+        stream = Stream(
+            len(images),
+            images.shape[-1],
+            ev.batch_size,
+            cfg.engine.seed * 1000 + seed,
+            fabric.global_rank,
+            fabric.world_size,
+            ev.crop_min_scale,
+            ev.cutmix_alpha,
+        )
+        sources, c = _sources(cfg, fabric, images, stream, seed, bundle.num_classes, out)
+        cost = cost or c
+        for arch in ev.students:
+            for name, src in sources.items():
+                rows.append(
+                    train_student(
+                        cfg, fabric, arch, src, images, labels, bundle.val, bundle.num_classes, seed, stream
+                    )
+                )
+                fabric.print(f"evaluate: {name:9s} -> {arch}, seed {seed}: top-1 {rows[-1]['top1']:.2f}%")
+    table = _table(rows, cost)
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r["top1"])
+    means = {k: statistics.mean(v) for k, v in by_source.items()}
+    metrics = {
+        "distilled_set": str(d),
+        "rows": rows,
+        "storage": cost,
+        "mean_top1": means,
+        "table": table,
+        "seconds": time.perf_counter() - t0,
+    }
+    parts = [f"{k} {v:.2f}%" for k, v in means.items()]
+    metrics["summary"] = (
+        f"evaluate ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): mean top-1 "
+        + ", ".join(parts)
+    )
+    if fabric.is_global_zero:
+        write_results(out, metrics, {k: v for k, v in cost.items()})
+        write_bytes(out / "results.md", (table + "\n").encode())
+        write_bytes(out / "results.json", json.dumps(rows, indent=2).encode())
+    fabric.barrier()
+    return metrics
