@@ -70,6 +70,7 @@ def test_overrides_are_coerced_to_field_types(override, getter, expected):
         ("distill.init=magic", "distill.init"),
         ("teacher.pool_epochs=0.5,9", "teacher.pool_epochs"),
         ("evaluate.label_sources=hard,psychic", "evaluate.label_sources"),
+        ("projector.head_lr=-1", "projector.head_lr"),
     ],
 )
 def test_bad_overrides_name_the_option(override, fragment):

@@ -132,8 +132,10 @@ def train_student(
     }
 
 
-def _sources(cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path) -> dict:
-    """Build the requested label sources (and their storage) for one seed."""
+def build_label_sources(
+    cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path
+) -> tuple[dict, dict]:
+    """The requested label sources for one seed, and the storage each costs (from :mod:`hellodd.storage`)."""
     from hellodd import storage
     from hellodd.models import load_classifier
 
@@ -219,7 +221,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
             ev.crop_min_scale,
             ev.cutmix_alpha,
         )
-        sources, c = _sources(cfg, fabric, images, stream, seed, bundle.num_classes, out)
+        sources, c = build_label_sources(cfg, fabric, images, stream, seed, bundle.num_classes, out)
         cost = cost or c
         for arch in ev.students:
             for name, src in sources.items():

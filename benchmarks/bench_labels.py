@@ -1,0 +1,123 @@
+"""Seconds per student iteration and peak memory, per label source, on a finished run's distilled set.
+
+    python benchmarks/bench_labels.py --out runs/fashion-mnist [--iters 50] [--student convnet]
+
+Timing: all sources in one process, interleaved round-robin so machine load hits them alike; each
+iteration = render the augmented batch + targets from the source + student forward/backward/step; the
+median of ``--iters`` iterations after 5 warm-up iterations is printed.  Memory: each source again in a fresh
+subprocess (``--only SOURCE``), whose peak RSS (CPU) or CUDA max-allocated (GPU) is printed: RSS of one
+shared process would only ever grow.  Prints what it measured; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def measure(out: str, sources: list[str], iters: int, student: str, preset: str) -> dict:
+    from lightning_fabric import Fabric
+
+    from hellodd import config as C
+    from hellodd.distill import distilled_dir, load_distilled
+    from hellodd.evaluate import build_label_sources, student_loss
+    from hellodd.labels import StoredLabels, Stream, render
+    from hellodd.models import build_model
+    from hellodd.report import peak_memory_mib
+
+    cfg = C.apply_overrides(
+        C.preset(preset),
+        [f"out={out}", f"evaluate.label_sources={','.join(sources)}", f"evaluate.epochs={iters + 5}"],
+    )
+    fabric = Fabric(accelerator="auto", devices=1)
+    images, labels, manifest = load_distilled(distilled_dir(cfg))
+    stream = Stream(len(images), images.shape[-1], cfg.evaluate.batch_size, 0)
+    scratch = Path(tempfile.mkdtemp(prefix="hellodd-bench-"))  # stored labels for the timed iterations
+    built, cost = build_label_sources(cfg, fabric, images, stream, 0, len(manifest["classes"]), scratch)
+    models = {
+        s: build_model(student, len(manifest["classes"]), images.shape[1], images.shape[-1]).to(fabric.device)
+        for s in built
+    }
+    opts = {s: torch.optim.AdamW(m.parameters(), lr=1e-3) for s, m in models.items()}
+    times = {s: [] for s in built}
+    for it in range(iters + 5):
+        for name, src in built.items():
+            t0 = time.perf_counter()
+            batches = src if isinstance(src, StoredLabels) else stream
+            idx, crops, mix = batches.batch_params(it, 0)
+            x = render(images, idx, crops, mix, fabric.device)
+            y = labels[idx].to(fabric.device)
+            loss = student_loss(cfg, models[name](x), src.targets(x, y, mix, it, 0), src.kind, y)
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            if fabric.device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        s: {
+            "seconds_per_iteration": statistics.median(t[5:]),
+            "storage_bytes": cost[s]["bytes"],
+            "peak_memory_mib": peak_memory_mib(fabric.device),
+        }
+        for s, t in times.items()
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="a run folder with teachers/, projector/ and distill/")
+    ap.add_argument("--preset", default="fashion-mnist")
+    ap.add_argument("--sources", default="hard,teacher,stored,projector")
+    ap.add_argument("--student", default="convnet")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--only", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.only:
+        print(json.dumps(measure(args.out, [args.only], args.iters, args.student, args.preset)))
+        return
+    sources = args.sources.split(",")
+    shared = measure(args.out, sources, args.iters, args.student, args.preset)
+    print(f"student {args.student}, batch of the preset, {args.iters} timed iterations per source (median)")
+    print(f"{'source':<10} {'s/iter':>9} {'peak MiB (own process)':>24} {'extra storage (B)':>18}")
+    for s in sources:
+        r = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--out",
+                args.out,
+                "--preset",
+                args.preset,
+                "--student",
+                args.student,
+                "--iters",
+                "10",
+                "--only",
+                s,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        own = json.loads(r.stdout.strip().splitlines()[-1])[s]
+        print(
+            f"{s:<10} {shared[s]['seconds_per_iteration']:>9.4f} {own['peak_memory_mib']:>24.0f} {shared[s]['storage_bytes']:>18,}"
+        )
+    if "projector" in shared and "teacher" in shared:
+        ratio = shared["projector"]["seconds_per_iteration"] / shared["teacher"]["seconds_per_iteration"]
+        print(f"projector / teacher time per iteration: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
