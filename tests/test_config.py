@@ -48,6 +48,14 @@ def test_paper_presets_carry_the_supplement_tables():
         ("teacher.pool_epochs=0.5,1", lambda c: c.teacher.pool_epochs, [0.5, 1.0]),
         ('evaluate.students=["convnet", "resnet18"]', lambda c: c.evaluate.students, ["convnet", "resnet18"]),
         ("evaluate.seeds=4,5", lambda c: c.evaluate.seeds, [4, 5]),
+        (
+            "evaluate.students=[convnet, mobilenet_v2]",
+            lambda c: c.evaluate.students,
+            ["convnet", "mobilenet_v2"],
+        ),
+        ("evaluate.seeds=[0]", lambda c: c.evaluate.seeds, [0]),
+        ("projector.frozen_depth=0.5", lambda c: c.projector.frozen_depth, 0.5),
+        ("projector.cutmix_prob=1", lambda c: c.projector.cutmix_prob, 1.0),
         ("out=/tmp/x", lambda c: c.out, "/tmp/x"),
     ],
 )
@@ -71,6 +79,9 @@ def test_overrides_are_coerced_to_field_types(override, getter, expected):
         ("teacher.pool_epochs=0.5,9", "teacher.pool_epochs"),
         ("evaluate.label_sources=hard,psychic", "evaluate.label_sources"),
         ("projector.head_lr=-1", "projector.head_lr"),
+        ("projector.cutmix_prob=1.5", "projector.cutmix_prob"),
+        ("projector.frozen_depth=1", "projector.frozen_depth"),
+        ("evaluate.seeds=[0", "evaluate.seeds"),
     ],
 )
 def test_bad_overrides_name_the_option(override, fragment):

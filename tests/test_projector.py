@@ -13,6 +13,7 @@ from hellodd.projector import (
     agreement,
     build_base,
     load_projector,
+    lora_targets,
     merged_for_inference,
     prompt_templates,
     save_adapters,
@@ -94,10 +95,14 @@ def test_training_steps_leave_the_base_unchanged():
     assert any(not torch.equal(before[k], v) for k, v in adapter_tensors(p).items())
 
 
-def test_adapter_file_round_trip_and_merge(tmp_path):
-    cfg = tiny()
+@pytest.mark.parametrize("frozen_depth", [0.0, 0.5])
+def test_adapter_file_round_trip_and_merge(tmp_path, frozen_depth):
+    cfg = tiny(frozen_depth=frozen_depth)
     p = build_base(cfg, CLASSES, tmp_path / "cache")
-    add_adapters(p, cfg.encoder_rank, cfg.head_rank)
+    every = lora_targets(p)
+    targets = add_adapters(p, cfg.encoder_rank, cfg.head_rank, cfg.frozen_depth)
+    # input-side layers are left out: the adapted layers are the last (1 - frozen_depth) of them, in order
+    assert [t for t in targets if t != "head"] == every[round(frozen_depth * len(every)) :]
     _perturb(p)
     path = tmp_path / "adapters.safetensors"
     n = save_adapters(path, p, cfg)
@@ -157,3 +162,26 @@ def test_attention_pool_resized_for_other_input_sizes():
     p = build_base(tiny(image_size=64), CLASSES)
     assert p.encoder.attnpool.positional_embedding.shape[0] == (64 // 32) ** 2 + 1
     assert p(torch.rand(2, 3, 64, 64)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_transfer_batch_cutmix_relabels_mixed_images(prob):
+    from hellodd.projector import transfer_batch
+
+    x = (torch.arange(6).view(6, 1, 1, 1) * 40).expand(6, 1, 16, 16).to(torch.uint8)  # image i is all 40*i
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    pcfg = ProjectorConfig(augment="none", cutmix_prob=prob)
+    xa, ya = transfer_batch(x, y, pcfg, 3, torch.Generator().manual_seed(3))
+    assert xa.dtype == torch.float32 and xa.shape == (6, 1, 16, 16)
+    if prob == 0:
+        assert torch.equal(ya, y) and torch.equal(xa, x.float() / 255)
+        return
+    assert ya.shape == (6, 3) and torch.allclose(ya.sum(1), torch.ones(6))
+    # the CE target of each mixed image is the area share of each source image's class
+    expected = torch.zeros(6, 3)
+    for i in range(6):
+        src = (xa[i] * 255 / 40).round().long().flatten()
+        for j in src.unique().tolist():
+            expected[i, y[j]] += (src == j).float().mean()
+    assert torch.allclose(ya, expected, atol=1e-6)
+    assert (expected.max(1).values < 1).any()  # the box really moved pixels between images

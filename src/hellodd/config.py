@@ -67,6 +67,9 @@ class ProjectorConfig:
     image_size: int = 224  # projector input resolution
     encoder_rank: int = 8
     head_rank: int = 128
+    frozen_depth: float = (
+        0.0  # fraction of encoder layers (input side) left without adapters (0 = all adapted)
+    )
     teacher_epochs: list[float] = field(default_factory=list)  # weak teachers; empty = paper rule
     num_teachers: int = 9
     epochs: float = 20
@@ -76,6 +79,9 @@ class ProjectorConfig:
     weight_decay: float = 0.01
     ce_weight: float = 0.1
     augment: str = "rrc-flip"
+    # fraction of transfer batches CutMix-ed (alpha 1, the teachers relabel the mixed images), since students
+    # ask the projector to label CutMix-ed views (SPEC E.4, optional; the paper does not say; 0 = off)
+    cutmix_prob: float = 0.0
     train_per_class: int = 0  # subset of the training set used for transfer (0 = all)
     ablate_random_base: bool = False  # also train the same adapters on a seeded-random base
 
@@ -245,11 +251,13 @@ def _coerce(value: str, tp: typing.Any, key: str) -> typing.Any:
         (item,) = typing.get_args(tp)
         text = value.strip()
         if text.startswith("["):
+            if not text.endswith("]"):
+                raise UserError(f"--set {key}: {value!r} is not a list")
             try:
                 items = json.loads(text)
-            except json.JSONDecodeError:
-                raise UserError(f"--set {key}: {value!r} is not a list") from None
-            return [_coerce(str(v), item, key) for v in items]
+            except json.JSONDecodeError:  # [a,b] without quotes, as a shell user types it
+                items = text[1:-1].split(",")
+            return [_coerce(str(v).strip(), item, key) for v in items if str(v).strip()]
         return [_coerce(v.strip(), item, key) for v in text.split(",") if v.strip()]
     try:
         if tp is bool:
@@ -374,6 +382,8 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.projector.lr > 0, "projector.lr", "positive"),
         (cfg.projector.head_lr >= 0, "projector.head_lr", "non-negative (0 = projector.lr)"),
+        (0 <= cfg.projector.cutmix_prob <= 1, "projector.cutmix_prob", "between 0 and 1"),
+        (0 <= cfg.projector.frozen_depth < 1, "projector.frozen_depth", "in [0, 1)"),
         (
             cfg.projector.augment in ("none", "flip", "crop-flip", "rrc-flip"),
             "projector.augment",

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import augment, to_float
+from hellodd.augment import apply_cutmix, augment, mix_targets, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
 from hellodd.data import load_data, per_class_subset, subset
 from hellodd.errors import UserError
@@ -386,7 +386,12 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
 # adapters
 
 
-def lora_targets(p: Projector) -> list[str]:
+def lora_targets(p: Projector, frozen_depth: float = 0.0) -> list[str]:
+    """The encoder's adaptable layers in forward order, minus the first ``frozen_depth`` fraction of them.
+
+    Leaving the input-side layers without adapters keeps the paper's method (they are frozen either way) but
+    backpropagation then stops at the first adapted layer, skipping the costly high-resolution layers.
+    """
     names = []
     for name, m in p.encoder.named_modules():
         if isinstance(m, nn.Conv2d) and m.groups == 1:
@@ -394,14 +399,14 @@ def lora_targets(p: Projector) -> list[str]:
                 names.append(f"encoder.{name}")
         elif isinstance(m, nn.Linear):
             names.append(f"encoder.{name}")
-    return names
+    return names[int(round(frozen_depth * len(names))) :]
 
 
-def add_adapters(p: Projector, encoder_rank: int, head_rank: int) -> list[str]:
+def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: float = 0.0) -> list[str]:
     """Inject peft LoRA in place (encoder rank r_e, head rank r_h); only LoRA factors are trainable."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = lora_targets(p) if encoder_rank > 0 else []
+    targets = lora_targets(p, frozen_depth) if encoder_rank > 0 else []
     if head_rank > 0:
         targets.append("head")
     if targets:
@@ -440,6 +445,7 @@ def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None 
                 "image_size",
                 "encoder_rank",
                 "head_rank",
+                "frozen_depth",
             )
         },
         "classes": module.classes,
@@ -463,7 +469,7 @@ def load_projector(path, device="cpu", cache_dir: Path | None = None) -> Project
             f"{path}: its base checkpoint {pcfg.checkpoint} has changed since the adapters were trained"
         )
     p = build_base(pcfg, meta["classes"], cache_dir if cache_dir is not None else Path(path).parent / "cache")
-    add_adapters(p, pcfg.encoder_rank, pcfg.head_rank)
+    add_adapters(p, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
     own = adapter_tensors(p)
     if own.keys() != tensors.keys() or any(own[k].shape != tensors[k].shape for k in own):
         raise UserError(f"{path}: adapter tensors do not fit base {pcfg.base} (ranks or layers differ)")
@@ -541,6 +547,22 @@ def _val_logits(fabric, models: list[nn.Module], ds, batch_size: int) -> list[to
     return [torch.cat(o) for o in outs]
 
 
+def transfer_batch(
+    x: torch.Tensor, y: torch.Tensor, pcfg: ProjectorConfig, num_classes: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One transfer batch: augmented images and CE targets (class indices, or CutMix-ed one-hot rows).
+
+    With probability ``pcfg.cutmix_prob`` the batch is CutMix-ed (alpha 1), as the students' batches will be;
+    the teachers then label the mixed images, so the projector learns their answers on such views.
+    """
+    x = augment(to_float(x), pcfg.augment, g)
+    if pcfg.cutmix_prob > 0 and float(torch.rand(1, generator=g)) < pcfg.cutmix_prob:
+        mix = sample_cutmix(len(x), x.shape[-1], 1.0, g)
+        x = apply_cutmix(x, mix)
+        y = mix_targets(F.one_hot(y, num_classes).float(), mix)
+    return x, y
+
+
 def train_projector(
     cfg: Config, fabric, pcfg: ProjectorConfig, out: Path, bundle, teachers: list[dict]
 ) -> dict:
@@ -552,7 +574,7 @@ def train_projector(
         train = subset(train, per_class_subset(train.targets, pcfg.train_per_class, cfg.engine.seed))
     teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
     proj = build_base(pcfg, bundle.classes, Path(cfg.out) / "cache")
-    targets = add_adapters(proj, pcfg.encoder_rank, pcfg.head_rank)
+    targets = add_adapters(proj, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
     n_adapter = sum(p.numel() for p in proj.parameters() if p.requires_grad)
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
@@ -599,11 +621,8 @@ def train_projector(
             factor = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            x = augment(
-                to_float(x),
-                pcfg.augment,
-                engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank),
-            )
+            g = engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank)
+            x, y = transfer_batch(x, y, pcfg, len(bundle.classes), g)
             with torch.inference_mode():
                 z = torch.stack([t(x).float() for t in teacher_models]).mean(0)
             with fabric.autocast():
