@@ -67,9 +67,8 @@ class ProjectorConfig:
     image_size: int = 224  # projector input resolution
     encoder_rank: int = 8
     head_rank: int = 128
-    frozen_depth: float = (
-        0.0  # fraction of encoder layers (input side) left without adapters (0 = all adapted)
-    )
+    # fraction of encoder layers, from the input side, left without adapters (0 = all adapted, the paper)
+    frozen_depth: float = 0.0
     teacher_epochs: list[float] = field(default_factory=list)  # weak teachers; empty = paper rule
     num_teachers: int = 9
     epochs: float = 20

@@ -399,7 +399,7 @@ def lora_targets(p: Projector, frozen_depth: float = 0.0) -> list[str]:
                 names.append(f"encoder.{name}")
         elif isinstance(m, nn.Linear):
             names.append(f"encoder.{name}")
-    return names[int(round(frozen_depth * len(names))) :]
+    return names[round(frozen_depth * len(names)) :]
 
 
 def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: float = 0.0) -> list[str]:
@@ -621,8 +621,8 @@ def train_projector(
             factor = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            g = engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank)
-            x, y = transfer_batch(x, y, pcfg, len(bundle.classes), g)
+            gen = engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank)
+            x, y = transfer_batch(x, y, pcfg, len(bundle.classes), gen)
             with torch.inference_mode():
                 z = torch.stack([t(x).float() for t in teacher_models]).mean(0)
             with fabric.autocast():
