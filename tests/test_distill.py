@@ -94,6 +94,47 @@ def test_baselines_random_and_rded_without_update(run):
     assert not torch.equal(plain, updated)
 
 
+def test_view_adaptation_brings_the_projector_closer_to_its_teachers(run, tmp_path):
+    from hellodd import engine
+    from hellodd.config import apply_overrides, preset
+    from hellodd.data import load_data
+    from hellodd.distill import adapt_projector, projector_for
+    from hellodd.io import load_tensors, sha256
+    from hellodd.projector import load_projector, projector_path
+
+    cfg = apply_overrides(preset("synthetic"), [f"out={run}", "distill.adapt_steps=20"])
+    assert (
+        projector_for(cfg) == run / "distill" / "ipc2-rded-update" / "adapters.safetensors"
+    )  # the run made it
+    images, labels, _ = load_distilled(run / "distill" / "ipc2-rded-update")
+    m = adapt_projector(cfg, engine.make_fabric(cfg.engine), images, labels, load_data(cfg.data), tmp_path)
+    assert m["steps"] == 20 and m["held_out_views"] >= 1000
+    assert m["agreement_after"]["logit_mse"] < m["agreement_before"]["logit_mse"]
+    new, meta = load_tensors(tmp_path / "adapters.safetensors")
+    old, _ = load_tensors(projector_path(cfg))
+    assert new.keys() == old.keys() and all(new[k].shape == old[k].shape for k in new)
+    assert any(not torch.equal(new[k], old[k]) for k in new)
+    assert meta["adapted_from"] == sha256(projector_path(cfg)) and meta["adapt_steps"] == 20
+    load_projector(tmp_path / "adapters.safetensors", cache_dir=run / "cache")  # rebuilds from the file alone
+
+
+def test_distill_without_adaptation_drops_a_stale_adapted_projector(run, tmp_path):
+    import shutil
+
+    from hellodd.config import apply_overrides, preset
+    from hellodd.distill import projector_for
+    from hellodd.projector import projector_path
+
+    for stage in ("teachers", "projector", "distill"):
+        shutil.copytree(run / stage, tmp_path / stage)
+    stale = tmp_path / "distill" / "ipc2-rded-update" / "adapters.safetensors"
+    assert stale.is_file()
+    args = ["distill", "--preset", "synthetic", "--out", str(tmp_path), "--set", "distill.adapt_steps=0"]
+    assert main(args) == 0
+    cfg = apply_overrides(preset("synthetic"), [f"out={tmp_path}", "distill.adapt_steps=0"])
+    assert not stale.exists() and projector_for(cfg) == projector_path(cfg)
+
+
 def test_same_seed_same_images(run, tmp_path):
     import shutil
 

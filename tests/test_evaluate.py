@@ -24,10 +24,10 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert all(0 <= r["top1"] <= 100 and r["seconds_per_iteration"] > 0 for r in rows)
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["storage"]["hard"]["bytes"] == 0
-    assert (
-        metrics["storage"]["projector"]["bytes"]
-        == (tmp_path / "projector" / "adapters.safetensors").stat().st_size
-    )
+    # the projector that labels the set is the one distill adapted to its views (distill.adapt_steps > 0)
+    adapted = tmp_path / "distill" / "ipc2-rded-update" / "adapters.safetensors"
+    assert metrics["storage"]["projector"]["bytes"] == adapted.stat().st_size
+    assert "ipc2-rded-update/adapters.safetensors" in metrics["storage"]["projector"]["formula"]
     stored_files = list((ev / "stored-labels" / "seed0").rglob("*.safetensors"))
     assert metrics["storage"]["stored"]["bytes"] == sum(f.stat().st_size for f in stored_files)
     # the online teacher and its stored copy see the same pixels: same training signal (fp16 rounding aside)

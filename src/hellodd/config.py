@@ -100,6 +100,9 @@ class DistillConfig:
     update_lr: float = 0.01
     update_batch_size: int = 50
     agreement_weight: float = 1.0  # beta: weight of the observer-projector KL term in the update objective
+    # hellodd's step, not the paper's: batches of student views (crops, flips, CutMix) of the distilled set on
+    # which the projector's adapters continue the transfer from the weak teachers (0 = off, the paper)
+    adapt_steps: int = 0
 
 
 @dataclass
@@ -183,6 +186,7 @@ def _fashion_mnist() -> Config:
             crops_per_image=3,
             update_iters=100,
             update_batch_size=100,
+            adapt_steps=200,
         ),
         evaluate=EvaluateConfig(students=["convnet"], epochs=100, batch_size=100, seeds=[0, 1, 2]),
     )
@@ -222,7 +226,13 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
             augment="flip",
         ),
         distill=DistillConfig(
-            ipc=2, factor=2, candidates_per_class=12, crops_per_image=2, update_iters=6, update_batch_size=4
+            ipc=2,
+            factor=2,
+            candidates_per_class=12,
+            crops_per_image=2,
+            update_iters=6,
+            update_batch_size=4,
+            adapt_steps=3,
         ),
         evaluate=EvaluateConfig(students=["convnet-d2-w16"], epochs=3, batch_size=4, seeds=[0, 1]),
     ),

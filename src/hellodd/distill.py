@@ -290,6 +290,31 @@ def load_distilled(directory) -> tuple[torch.Tensor, torch.Tensor, dict]:
 # the stage
 
 
+def projector_for(cfg: Config) -> Path:
+    """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's."""
+    from hellodd.projector import projector_path
+
+    adapted = distilled_dir(cfg) / "adapters.safetensors"
+    return adapted if adapted.is_file() else projector_path(cfg)
+
+
+def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:
+    """Stage 3's adapters, trained further on this set's student views (``distill.adapt_steps``)."""
+    from hellodd.projector import adapt_to_views, projector_path, weak_teachers
+    from hellodd.teachers import load_pool
+
+    pool = load_pool(cfg)
+    pool["classes"] = bundle.classes
+    bar = engine.progress(
+        fabric, total=cfg.distill.adapt_steps, desc="projector view adaptation", unit="step"
+    )
+    result = adapt_to_views(
+        cfg, fabric, projector_path(cfg), weak_teachers(pool, cfg), images, labels, bundle.val, out, bar
+    )
+    bar.close()
+    return result
+
+
 def run_distill(cfg: Config, fabric) -> dict:
     from hellodd.models import load_classifier
     from hellodd.teachers import load_pool
@@ -363,6 +388,11 @@ def run_distill(cfg: Config, fabric) -> dict:
             metrics["objective_first"], metrics["objective_last"] = history[0]["loss"], history[-1]["loss"]
             metrics["objective"] = history
         images_u8 = to_uint8(images)
+        adapted = out / "adapters.safetensors"
+        if d.adapt_steps > 0:
+            metrics["adapt"] = adapt_projector(cfg, fabric, images_u8, labels, bundle, out)
+        elif adapted.exists():
+            adapted.unlink()  # from an earlier run with adapt_steps > 0: these images have no adapted projector
         manifest = {
             "classes": bundle.classes,
             "ipc": d.ipc,
@@ -392,6 +422,13 @@ def run_distill(cfg: Config, fabric) -> dict:
             line += (
                 f"; observer-projector top-1 agreement {b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, "
                 f"KL {b['kl']:.3f} -> {a['kl']:.3f}; objective {metrics['objective_first']:.4f} -> {metrics['objective_last']:.4f}"
+            )
+        if "adapt" in metrics:
+            b, a = metrics["adapt"]["agreement_before"], metrics["adapt"]["agreement_after"]
+            line += (
+                f"; projector adapted to this set's student views ({d.adapt_steps} steps, "
+                f"{metrics['adapt']['seconds']:.0f} s): top-1 agreement with its weak teachers on held-out views "
+                f"{b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, logit MSE {b['logit_mse']:.3f} -> {a['logit_mse']:.3f}"
             )
         metrics["summary"] = line
     fabric.barrier()

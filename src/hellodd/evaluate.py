@@ -155,9 +155,10 @@ def build_label_sources(
             built[name] = ModelLabels("teacher", teacher)
             cost[name] = storage.label_storage("teacher", teacher_file=teacher_path)
         elif name == "projector":
-            from hellodd.projector import load_projector, merged_for_inference, projector_path
+            from hellodd.distill import projector_for
+            from hellodd.projector import load_projector, merged_for_inference
 
-            path = projector_path(cfg)
+            path = projector_for(cfg)
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
             built[name] = ModelLabels("projector", engine.frozen(fabric, merged_for_inference(p)))
             cost[name] = storage.label_storage("projector", adapter_file=path)

@@ -563,6 +563,35 @@ def transfer_batch(
     return x, y
 
 
+def adapter_optimizer(proj: nn.Module, pcfg: ProjectorConfig) -> torch.optim.Optimizer:
+    """AdamW over the LoRA factors: the encoder's at ``lr``, the head's at ``head_lr`` (0 = ``lr``)."""
+    groups = [
+        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and not n.startswith("head.")]},
+        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and n.startswith("head.")]},
+    ]
+    for g, base_lr in zip(groups, (pcfg.lr, pcfg.head_lr or pcfg.lr)):
+        g["base_lr"] = base_lr
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=pcfg.lr, weight_decay=pcfg.weight_decay)
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None:
+    """Linear warm-up over ``warm`` steps, then cosine to 0 at ``total``."""
+    factor = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+    for g in opt.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module], x, y, ce_weight: float):
+    """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``."""
+    with torch.inference_mode():
+        z = torch.stack([t(x).float() for t in teachers]).mean(0)
+    with fabric.autocast():
+        logits = proj(x).float()
+    mse = F.mse_loss(logits, z.clone())
+    ce = F.cross_entropy(logits, y)
+    return mse + ce_weight * ce, mse, ce
+
+
 def train_projector(
     cfg: Config, fabric, pcfg: ProjectorConfig, out: Path, bundle, teachers: list[dict]
 ) -> dict:
@@ -587,14 +616,7 @@ def train_projector(
     spe = engine.steps_per_epoch(len(train), pcfg.batch_size, world, drop_last=False)
     total = max(1, round(pcfg.epochs * spe))
     warm = max(1, round(0.05 * total))
-    head_lr = pcfg.head_lr or pcfg.lr
-    groups = [
-        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and not n.startswith("head.")]},
-        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and n.startswith("head.")]},
-    ]
-    for g, base_lr in zip(groups, (pcfg.lr, head_lr)):
-        g["base_lr"] = base_lr
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=pcfg.lr, weight_decay=pcfg.weight_decay)
+    opt = adapter_optimizer(proj, pcfg)
     state_path, step, history = out / "state.pt", 0, []
     if state_path.exists():
         st = load_state(state_path)
@@ -618,18 +640,10 @@ def train_projector(
         epoch, start = divmod(step, spe)
         dl.sampler.set_position(epoch, start * pcfg.batch_size)
         for x, y in dl:
-            factor = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
+            set_lr(opt, step, total, warm)
             gen = engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank)
             x, y = transfer_batch(x, y, pcfg, len(bundle.classes), gen)
-            with torch.inference_mode():
-                z = torch.stack([t(x).float() for t in teacher_models]).mean(0)
-            with fabric.autocast():
-                logits = proj_ddp(x).float()
-            mse = F.mse_loss(logits, z.clone())
-            ce = F.cross_entropy(logits, y)
-            loss = mse + pcfg.ce_weight * ce
+            loss, mse, ce = transfer_loss(fabric, proj_ddp, teacher_models, x, y, pcfg.ce_weight)
             opt.zero_grad(set_to_none=True)
             fabric.backward(loss)
             opt.step()
@@ -689,6 +703,107 @@ def train_projector(
         write_results(out, metrics, storage)
     fabric.barrier()
     return metrics
+
+
+# streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
+ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED = 10**6, 2 * 10**6
+
+
+def view_agreement(fabric, proj: nn.Module, teachers: list[nn.Module], images, stream, batches: int) -> dict:
+    """Projector vs weak-teacher mean on ``batches`` batches of a student stream: top-1 agreement, KL, MSE."""
+    from hellodd.labels import render
+
+    zs, ps = [], []
+    with torch.inference_mode():
+        for b in range(batches):
+            idx, crops, mix = stream.batch_params(*divmod(b, stream.steps_per_epoch))
+            x = render(images, idx, crops, mix, fabric.device)
+            zs.append(torch.stack([t(x).float() for t in teachers]).mean(0).cpu())
+            ps.append(proj(x).float().cpu())
+    z, p = torch.cat(zs), torch.cat(ps)
+    return {**agreement(z, p), "logit_mse": F.mse_loss(p, z).item()}
+
+
+def adapt_to_views(
+    cfg: Config, fabric, adapter_file: Path, teachers: list[dict], images, labels, val, out: Path, bar=None
+) -> dict:
+    """Continue the knowledge transfer on the views students will ask about (hellodd's step, not the paper's).
+
+    The transfer of :func:`train_projector` runs on real training images.  Students query the projector on
+    random-resized crops, flips and CutMix of the *distilled* images (:class:`~hellodd.labels.Stream`), where
+    the demo's projector copies its teachers far more loosely (logit MSE 1.8 vs 0.5 after this step,
+    measured; README).  This step trains the same adapters (same loss, teachers and optimiser settings) for
+    ``distill.adapt_steps`` batches of such views, drawn from a stream of the evaluation's augmentation
+    (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``, ``evaluate.batch_size``) with its own seed, so
+    never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.  The result is
+    written beside the distilled set as ``adapters.safetensors``, a file of the same size as the transfer's.
+    Agreement with the teachers is measured before and after on a held-out stream.  Rank 0 only.
+    """
+    from dataclasses import replace
+
+    from hellodd.labels import Stream, render
+    from hellodd.models import load_classifier
+
+    d, ev = cfg.distill, cfg.evaluate
+    _, meta = load_tensors(adapter_file)
+    pcfg = replace(cfg.projector, **meta["projector"])  # the file's base and ranks, this config's optimiser
+    proj = load_projector(adapter_file, fabric.device, Path(cfg.out) / "cache")
+    for n, q in proj.named_parameters():
+        q.requires_grad_("lora_" in n)
+    teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
+    num_classes = len(proj.classes)
+
+    def stream(seed):
+        return Stream(
+            len(images),
+            images.shape[-1],
+            ev.batch_size,
+            seed + cfg.engine.seed,
+            0,
+            1,
+            ev.crop_min_scale,
+            ev.cutmix_alpha,
+        )
+
+    train, held = stream(ADAPT_STREAM_SEED), stream(HELD_OUT_STREAM_SEED)
+    probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
+    before = view_agreement(fabric, proj.eval(), teacher_models, images, held, probe_batches)
+    opt = adapter_optimizer(proj, pcfg)
+    total = d.adapt_steps
+    warm = max(1, round(0.05 * total))
+    t0 = time.perf_counter()
+    proj.train()
+    for step in range(total):
+        set_lr(opt, step, total, warm)
+        idx, crops, mix = train.batch_params(*divmod(step, train.steps_per_epoch))
+        x = render(images, idx, crops, mix, fabric.device)
+        y = F.one_hot(labels[idx].to(fabric.device), num_classes).float()
+        y = mix_targets(y, mix) if mix is not None else y
+        loss, mse, ce = transfer_loss(fabric, proj, teacher_models, x, y, pcfg.ce_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
+    seconds = time.perf_counter() - t0
+    proj.eval()
+    after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
+    probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
+    probe_val = engine.evaluate(fabric, proj, probe, 250, desc="val (probe)")
+    path = out / "adapters.safetensors"
+    extra = {"adapted_from": sha256(adapter_file), "adapt_steps": total, "teachers": meta.get("teachers")}
+    save_adapters(path, proj, pcfg, extra)
+    return {
+        "steps": total,
+        "seconds": seconds,
+        "held_out_views": probe_batches * held.batch,
+        "agreement_before": before,
+        "agreement_after": after,
+        "val_probe_top1": probe_val["top1"],
+        "adapter_file": str(path),
+        "adapter_bytes": path.stat().st_size,
+    }
 
 
 def run_projector(cfg: Config, fabric) -> dict:

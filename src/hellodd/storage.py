@@ -145,7 +145,8 @@ def label_storage(
             "formula": f"teacher checkpoint file {Path(teacher_file).name}",
         }
     if source == "projector":
-        return {"bytes": file_bytes(adapter_file), "formula": f"LoRA adapter file {Path(adapter_file).name}"}
+        where = f"{Path(adapter_file).parent.name}/{Path(adapter_file).name}"
+        return {"bytes": file_bytes(adapter_file), "formula": f"LoRA adapter file {where}"}
     if source == "stored":
         if stored_files:
             return {
