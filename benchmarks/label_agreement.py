@@ -20,16 +20,16 @@ import torch
 
 def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -> dict[str, dict]:
     from hellodd import config as C
-    from hellodd.distill import distilled_dir, load_distilled
+    from hellodd.distill import distilled_dir, load_distilled, projector_for
     from hellodd.labels import Stream, render
     from hellodd.models import load_classifier
-    from hellodd.projector import load_projector, merged_for_inference, projector_path, weak_teachers
+    from hellodd.projector import load_projector, merged_for_inference, weak_teachers
     from hellodd.teachers import load_pool
 
     cfg = C.apply_overrides(C.preset(preset), [f"out={out}"])
     images, _, _ = load_distilled(distilled_dir(cfg))
     pool = load_pool(cfg)
-    path = Path(adapters) if adapters else projector_path(cfg)
+    path = Path(adapters) if adapters else projector_for(cfg)
     models = {
         "T": load_classifier(pool["final_path"])[0].eval(),
         "P": merged_for_inference(load_projector(path, "cpu", Path(cfg.out) / "cache")),
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="a finished run's output folder")
-    ap.add_argument("--adapters", default=None, help="another adapter file (default: the run's projector)")
+    ap.add_argument("--adapters", default=None, help="another adapter file (default: the one that labels the distilled set)")
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--preset", default="fashion-mnist")
     args = ap.parse_args(argv)

@@ -175,6 +175,26 @@ def test_killed_update_resumes_to_the_same_images(run, tmp_path):
     assert torch.equal(a, b)
 
 
+def test_killed_view_adaptation_resumes_to_the_same_adapters(run, tmp_path):
+    import shutil
+
+    from hellodd.io import load_tensors
+
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    for out in outs:
+        for stage in ("teachers", "projector"):
+            shutil.copytree(run / stage, out / stage)
+    args = ["--preset", "synthetic", "--set", "distill.update=false", "--set", "distill.adapt_steps=60"]
+    cmd = [PYTHON, "-m", "hellodd", "distill", *args]
+    killed = subprocess.run([*cmd, "--out", str(outs[0])], env=cli_env(HELLODD_DIE_AT_STEP=55), timeout=300)
+    assert killed.returncode == -9 and (outs[0] / "distill" / "ipc2-rded" / "adapt_state.pt").is_file()
+    assert subprocess.run([*cmd, "--out", str(outs[0])], env=cli_env(), timeout=300).returncode == 0
+    assert subprocess.run([*cmd, "--out", str(outs[1])], env=cli_env(), timeout=300).returncode == 0
+    a, _ = load_tensors(outs[0] / "distill" / "ipc2-rded" / "adapters.safetensors")
+    b, _ = load_tensors(outs[1] / "distill" / "ipc2-rded" / "adapters.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_missing_or_damaged_distilled_set(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         load_distilled(tmp_path)

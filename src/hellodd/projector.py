@@ -52,6 +52,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import time
 import types
 from importlib import resources
@@ -737,7 +738,8 @@ def adapt_to_views(
     (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``, ``evaluate.batch_size``) with its own seed, so
     never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.  The result is
     written beside the distilled set as ``adapters.safetensors``, a file of the same size as the transfer's.
-    Agreement with the teachers is measured before and after on a held-out stream.  Rank 0 only.
+    Agreement with the teachers is measured before and after on a held-out stream.  Resumable (state every
+    50 steps).  Rank 0 only, with plain ``backward`` (no DDP); bf16 autocast works, fp16 would need a scaler.
     """
     from dataclasses import replace
 
@@ -769,11 +771,22 @@ def adapt_to_views(
     probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
     before = view_agreement(fabric, proj.eval(), teacher_models, images, held, probe_batches)
     opt = adapter_optimizer(proj, pcfg)
-    total = d.adapt_steps
-    warm = max(1, round(0.05 * total))
+    total, source = d.adapt_steps, sha256(adapter_file)
+    warm, step = max(1, round(0.05 * total)), 0
+    state_path = out / "adapt_state.pt"
+    if state_path.exists():
+        st = load_state(state_path)
+        if st.get("total") != total or st.get("adapted_from") != source:
+            raise UserError(f"{state_path}: resume state is from another adaptation; delete it to restart")
+        proj.load_state_dict(st["adapters"], strict=False)
+        opt.load_state_dict(st["optimizer"])
+        step = st["step"]
+    if bar is not None:
+        bar.update(step)
+    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
     t0 = time.perf_counter()
     proj.train()
-    for step in range(total):
+    while step < total:
         set_lr(opt, step, total, warm)
         idx, crops, mix = train.batch_params(*divmod(step, train.steps_per_epoch))
         x = render(images, idx, crops, mix, fabric.device)
@@ -783,16 +796,22 @@ def adapt_to_views(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        step += 1
         if bar is not None:
             bar.update(1)
             bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
+        if die_at and step == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step % 50 == 0 or step == total:
+            state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
+            save_state(state_path, {**state, "total": total, "adapted_from": source})
     seconds = time.perf_counter() - t0
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
     probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
     probe_val = engine.evaluate(fabric, proj, probe, 250, desc="val (probe)")
     path = out / "adapters.safetensors"
-    extra = {"adapted_from": sha256(adapter_file), "adapt_steps": total, "teachers": meta.get("teachers")}
+    extra = {"adapted_from": source, "adapt_steps": total, "teachers": meta.get("teachers")}
     save_adapters(path, proj, pcfg, extra)
     return {
         "steps": total,
