@@ -57,7 +57,11 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="a finished run's output folder")
-    ap.add_argument("--adapters", default=None, help="another adapter file (default: the one that labels the distilled set)")
+    ap.add_argument(
+        "--adapters",
+        default=None,
+        help="another adapter file (default: the one that labels the distilled set)",
+    )
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--preset", default="fashion-mnist")
     args = ap.parse_args(argv)

@@ -35,6 +35,7 @@ def test_paper_presets_carry_the_supplement_tables():
     assert (e.lr, e.epochs, e.batch_size, e.ce_weight, e.cutmix_alpha) == (1e-3, 300, 100, 0.025, 1.0)
     assert C.preset("imagenet-100").projector.head_rank == 64
     assert (cfg.distill.update_lr, cfg.distill.update_iters) == (0.01, 300)
+    assert cfg.distill.adapt_steps == 0  # the view adaptation is hellodd's, off in the paper presets
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,7 @@ def test_overrides_are_coerced_to_field_types(override, getter, expected):
         ("projector.cutmix_prob=1.5", "projector.cutmix_prob"),
         ("projector.frozen_depth=1", "projector.frozen_depth"),
         ("evaluate.seeds=[0", "evaluate.seeds"),
+        ("distill.adapt_steps=-5", "distill.adapt_steps"),
     ],
 )
 def test_bad_overrides_name_the_option(override, fragment):

@@ -37,3 +37,18 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert "| projector |" in (ev / "results.md").read_text()
     for stage in ("teachers", "projector", "evaluate"):
         assert (tmp_path / stage / "config.json").is_file() and (tmp_path / stage / "storage.json").is_file()
+    # the ablation of the view adaptation: stage 3's adapters, on the same stream
+    sources = [
+        "--set",
+        "evaluate.label_sources=[projector,projector-transfer]",
+        "--set",
+        "evaluate.seeds=[0]",
+    ]
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *sources]) == 0
+    storage = json.loads((ev / "metrics.json").read_text())["storage"]
+    assert "ipc2-rded-update/adapters.safetensors" in storage["projector"]["formula"]
+    assert "projector/adapters.safetensors" in storage["projector-transfer"]["formula"]
+    capsys.readouterr()
+    assert main(["storage", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
+    report = capsys.readouterr().out
+    assert "HeLlO projector adapters" in report and "adapted to ipc2-rded-update" in report

@@ -415,11 +415,13 @@ def validate(cfg: Config) -> None:
             "positive epochs and batch size",
         ),
         (cfg.evaluate.loss in ("mse", "kl"), "evaluate.loss", "mse or kl"),
+        (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (cfg.evaluate.schedule in ("half-cosine", "cosine"), "evaluate.schedule", "half-cosine or cosine"),
         (
-            set(cfg.evaluate.label_sources) <= {"hard", "teacher", "stored", "projector"},
+            set(cfg.evaluate.label_sources)
+            <= {"hard", "teacher", "stored", "projector", "projector-transfer"},
             "evaluate.label_sources",
-            "a subset of hard, teacher, stored, projector",
+            "a subset of hard, teacher, stored, projector, projector-transfer",
         ),
         (
             cfg.evaluate.stored_dtype in ("float16", "float32", "bfloat16"),

@@ -154,13 +154,15 @@ def build_label_sources(
         elif name == "teacher":
             built[name] = ModelLabels("teacher", teacher)
             cost[name] = storage.label_storage("teacher", teacher_file=teacher_path)
-        elif name == "projector":
+        elif name in ("projector", "projector-transfer"):
             from hellodd.distill import projector_for
-            from hellodd.projector import load_projector, merged_for_inference
+            from hellodd.projector import load_projector, merged_for_inference, projector_path
 
-            path = projector_for(cfg)
+            # projector: the adapters that go with this set (view-adapted if distill made them);
+            # projector-transfer: stage 3's, for the ablation of the view adaptation
+            path = projector_for(cfg) if name == "projector" else projector_path(cfg)
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
-            built[name] = ModelLabels("projector", engine.frozen(fabric, merged_for_inference(p)))
+            built[name] = ModelLabels(name, engine.frozen(fabric, merged_for_inference(p)))
             cost[name] = storage.label_storage("projector", adapter_file=path)
         elif name == "stored":
             root = out / "stored-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"

@@ -212,6 +212,11 @@ def report(cfg, paper: bool = False) -> str:
         if adapter.is_file()
         else "  projector adapters: not trained yet (hellodd projector)"
     )
+    from hellodd.distill import distilled_dir
+
+    adapted = distilled_dir(cfg) / "adapters.safetensors"
+    if adapted.is_file():
+        lines.append(_row(f"projector adapters adapted to {adapted.parent.name}", file_bytes(adapted)))
     classes = {"fashion-mnist": 10, "synthetic": cfg.data.synthetic_classes}.get(cfg.data.name)
     if classes:
         ev = cfg.evaluate
