@@ -28,9 +28,14 @@ that directly (beta = ``agreement_weight``, 1 by default).  Adam on pixels (lr 0
 [0, 1] after every step, mini-batches of ``update_batch_size`` images in a fixed order.  The objective is
 logged per iteration; agreement (top-1 and mean KL) is measured before and after.
 
+View adaptation (hellodd's, not the paper's; ``distill.adapt_steps`` > 0): the projector's adapters continue
+the weak-teacher transfer on the students' views of the final images (:func:`hellodd.projector.adapt_to_views`);
+the result, ``adapters.safetensors`` beside the images, is what labels this set (:func:`projector_for`).
+
 Outputs in ``<out>/distill/ipc<IPC>-<variant>/`` (variant ``random`` | ``rded`` | ``rded-update``):
 ``images.safetensors`` (uint8 images + int64 labels, manifest as metadata), ``manifest.json``, an
-ImageFolder tree of PNGs under ``png/``, ``contact_sheet.png``, and config/metrics/storage JSON.
+ImageFolder tree of PNGs under ``png/``, ``contact_sheet.png``, the view-adapted ``adapters.safetensors``
+(when ``adapt_steps`` > 0), and config/metrics/storage JSON.
 Selection and update run on rank 0 (minutes on one device); other ranks wait.
 """
 
