@@ -68,10 +68,9 @@ def main(argv=None) -> None:
     for views, z in logits_on_views(args.out, args.adapters, args.batches, args.preset).items():
         for a, b in (("T", "W"), ("W", "W0"), ("W", "P"), ("T", "P")):
             m = agreement(z[a], z[b])
-            mse = float(((z[a] - z[b]) ** 2).mean())
             print(
                 f"{views:14s} {a:>2s} vs {b:<2s}: top-1 agreement {m['top1_agreement']:5.1f}%  "
-                f"KL {m['kl']:.3f}  logit MSE {mse:.3f}  ({len(z[a])} views)"
+                f"KL {m['kl']:.3f}  logit MSE {m['logit_mse']:.3f}  ({len(z[a])} views)"
             )
 
 

@@ -153,9 +153,14 @@ def test_damaged_or_foreign_adapter_files(tmp_path):
 
 def test_agreement_metric():
     a = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
-    assert agreement(a, a) == {"top1_agreement": 100.0, "kl": pytest.approx(0.0, abs=1e-6)}
+    assert agreement(a, a) == {
+        "top1_agreement": 100.0,
+        "kl": pytest.approx(0.0, abs=1e-6),
+        "logit_mse": 0.0,
+    }
     r = agreement(a, a.flip(1))
     assert r["top1_agreement"] == 0.0 and r["kl"] > 1.0
+    assert r["logit_mse"] == pytest.approx(4.0)  # every logit off by 2
 
 
 def test_attention_pool_resized_for_other_input_sizes():

@@ -163,3 +163,9 @@ def apply_cutmix(x: torch.Tensor, p: CutMixParams) -> torch.Tensor:
 def mix_targets(t: torch.Tensor, p: CutMixParams) -> torch.Tensor:
     """Mix per-image target vectors with the same lambda and permutation as the images."""
     return p.lam * t + (1.0 - p.lam) * t[p.perm.to(t.device)]
+
+
+def mixed_one_hot(y: torch.Tensor, num_classes: int, p: CutMixParams | None) -> torch.Tensor:
+    """One-hot rows of ``y``, CutMix-mixed like the images when ``p`` is given."""
+    t = torch.nn.functional.one_hot(y, num_classes).float()
+    return mix_targets(t, p) if p is not None else t

@@ -295,11 +295,18 @@ def load_distilled(directory) -> tuple[torch.Tensor, torch.Tensor, dict]:
 # the stage
 
 
+def adapted_projector_path(cfg: Config) -> Path:
+    """Where distill writes the view-adapted adapters of this distilled set."""
+    from hellodd.projector import ADAPTER_FILE
+
+    return distilled_dir(cfg) / ADAPTER_FILE
+
+
 def projector_for(cfg: Config) -> Path:
     """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's."""
     from hellodd.projector import projector_path
 
-    adapted = distilled_dir(cfg) / "adapters.safetensors"
+    adapted = adapted_projector_path(cfg)
     return adapted if adapted.is_file() else projector_path(cfg)
 
 
@@ -393,7 +400,7 @@ def run_distill(cfg: Config, fabric) -> dict:
             metrics["objective_first"], metrics["objective_last"] = history[0]["loss"], history[-1]["loss"]
             metrics["objective"] = history
         images_u8 = to_uint8(images)
-        adapted = out / "adapters.safetensors"
+        adapted = adapted_projector_path(cfg)
         if d.adapt_steps > 0:
             metrics["adapt"] = adapt_projector(cfg, fabric, images_u8, labels, bundle, out)
         elif adapted.exists():

@@ -38,7 +38,7 @@ from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import write_bytes
-from hellodd.labels import HardLabels, ModelLabels, StoredLabels, Stream, render, write_stored_labels
+from hellodd.labels import HardLabels, ModelLabels, StoredLabels, render, student_stream, write_stored_labels
 from hellodd.models import build_model
 from hellodd.report import mib, peak_memory_mib, stage_dir, write_config, write_results
 
@@ -214,15 +214,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     rows, cost = [], {}
     t0 = time.perf_counter()
     for seed in ev.seeds:
-        stream = Stream(
-            len(images),
-            images.shape[-1],
-            ev.batch_size,
-            cfg.engine.seed * 1000 + seed,
-            fabric.global_rank,
-            fabric.world_size,
-            ev.crop_min_scale,
-            ev.cutmix_alpha,
+        stream = student_stream(
+            ev, images, cfg.engine.seed * 1000 + seed, fabric.global_rank, fabric.world_size
         )
         sources, c = build_label_sources(cfg, fabric, images, stream, seed, bundle.num_classes, out)
         cost = cost or c

@@ -23,14 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hellodd.augment import (
     CropParams,
     CutMixParams,
     apply_crops,
     apply_cutmix,
-    mix_targets,
+    mixed_one_hot,
     sample_crops,
     sample_cutmix,
     to_float,
@@ -69,6 +68,13 @@ class Stream:
         return idx, crops, mix
 
 
+def student_stream(ev, images: torch.Tensor, seed: int, rank: int = 0, world: int = 1) -> Stream:
+    """The evaluation's stream over ``images`` (``EvaluateConfig``: batch size, crop scale, CutMix alpha)."""
+    return Stream(
+        len(images), images.shape[-1], ev.batch_size, seed, rank, world, ev.crop_min_scale, ev.cutmix_alpha
+    )
+
+
 def render(
     images: torch.Tensor, idx: torch.Tensor, crops: CropParams, mix: CutMixParams | None, device
 ) -> torch.Tensor:
@@ -90,8 +96,7 @@ class HardLabels:
         self.num_classes = num_classes
 
     def targets(self, x, y, mix, epoch, step):
-        t = F.one_hot(y, self.num_classes).float()
-        return mix_targets(t, mix) if mix is not None else t
+        return mixed_one_hot(y, self.num_classes, mix)
 
 
 class ModelLabels:

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import apply_cutmix, augment, mix_targets, sample_cutmix, to_float
+from hellodd.augment import apply_cutmix, augment, mixed_one_hot, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
 from hellodd.data import load_data, per_class_subset, subset
 from hellodd.errors import UserError
@@ -74,6 +74,7 @@ from hellodd.report import peak_memory_mib, stage_dir, write_config, write_resul
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FORMAT = "hellodd-projector-v1"
+ADAPTER_FILE = "adapters.safetensors"  # stage 3's, and distill's view-adapted one beside the images
 
 
 def prompt_templates() -> tuple[str, ...]:
@@ -492,11 +493,21 @@ def merged_for_inference(p: Projector) -> Projector:
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Top-1 agreement (%) and mean KL(softmax(a) || softmax(b)) between two sets of logits (a: reference)."""
-    kl = F.kl_div(
-        F.log_softmax(b.float(), -1), F.log_softmax(a.float(), -1), log_target=True, reduction="batchmean"
-    )
-    return {"top1_agreement": 100.0 * float((a.argmax(-1) == b.argmax(-1)).float().mean()), "kl": float(kl)}
+    """Top-1 agreement (%), mean KL(softmax(a) || softmax(b)) and mean squared logit difference (what a
+    student's MSE loss sees) between two sets of logits (a: reference)."""
+    a, b = a.float(), b.float()
+    kl = F.kl_div(F.log_softmax(b, -1), F.log_softmax(a, -1), log_target=True, reduction="batchmean")
+    return {
+        "top1_agreement": 100.0 * float((a.argmax(-1) == b.argmax(-1)).float().mean()),
+        "kl": float(kl),
+        "logit_mse": float(F.mse_loss(b, a)),
+    }
+
+
+def teacher_logits(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The weak teachers' mean raw logits on ``x`` (the transfer target z), without autograd."""
+    with torch.inference_mode():
+        return torch.stack([t(x).float() for t in teachers]).mean(0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -504,7 +515,7 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def projector_path(cfg: Config) -> Path:
-    return stage_dir(cfg, "projector") / "adapters.safetensors"
+    return stage_dir(cfg, "projector") / ADAPTER_FILE
 
 
 def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
@@ -560,7 +571,7 @@ def transfer_batch(
     if pcfg.cutmix_prob > 0 and float(torch.rand(1, generator=g)) < pcfg.cutmix_prob:
         mix = sample_cutmix(len(x), x.shape[-1], 1.0, g)
         x = apply_cutmix(x, mix)
-        y = mix_targets(F.one_hot(y, num_classes).float(), mix)
+        y = mixed_one_hot(y, num_classes, mix)
     return x, y
 
 
@@ -584,8 +595,7 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None
 
 def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module], x, y, ce_weight: float):
     """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``."""
-    with torch.inference_mode():
-        z = torch.stack([t(x).float() for t in teachers]).mean(0)
+    z = teacher_logits(teachers, x)
     with fabric.autocast():
         logits = proj(x).float()
     mse = F.mse_loss(logits, z.clone())
@@ -672,7 +682,7 @@ def train_projector(
     val = engine.evaluate(fabric, proj, bundle.val, 250, desc="val")
     logits = _val_logits(fabric, [proj, *teacher_models], probe, 250)  # this rank's share of the probe set
     agree = agreement(torch.stack(logits[1:]).mean(0), logits[0])
-    path = out / "adapters.safetensors"
+    path = out / ADAPTER_FILE
     metrics = {
         "base": proj.info,
         "adapter_targets": len(targets),
@@ -719,10 +729,9 @@ def view_agreement(fabric, proj: nn.Module, teachers: list[nn.Module], images, s
         for b in range(batches):
             idx, crops, mix = stream.batch_params(*divmod(b, stream.steps_per_epoch))
             x = render(images, idx, crops, mix, fabric.device)
-            zs.append(torch.stack([t(x).float() for t in teachers]).mean(0).cpu())
+            zs.append(teacher_logits(teachers, x).cpu())
             ps.append(proj(x).float().cpu())
-    z, p = torch.cat(zs), torch.cat(ps)
-    return {**agreement(z, p), "logit_mse": F.mse_loss(p, z).item()}
+    return agreement(torch.cat(zs), torch.cat(ps))
 
 
 def adapt_to_views(
@@ -743,10 +752,10 @@ def adapt_to_views(
     """
     from dataclasses import replace
 
-    from hellodd.labels import Stream, render
+    from hellodd.labels import render, student_stream
     from hellodd.models import load_classifier
 
-    d, ev = cfg.distill, cfg.evaluate
+    d = cfg.distill
     _, meta = load_tensors(adapter_file)
     pcfg = replace(cfg.projector, **meta["projector"])  # the file's base and ranks, this config's optimiser
     proj = load_projector(adapter_file, fabric.device, Path(cfg.out) / "cache")
@@ -755,19 +764,10 @@ def adapt_to_views(
     teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
     num_classes = len(proj.classes)
 
-    def stream(seed):
-        return Stream(
-            len(images),
-            images.shape[-1],
-            ev.batch_size,
-            seed + cfg.engine.seed,
-            0,
-            1,
-            ev.crop_min_scale,
-            ev.cutmix_alpha,
-        )
-
-    train, held = stream(ADAPT_STREAM_SEED), stream(HELD_OUT_STREAM_SEED)
+    train, held = (
+        student_stream(cfg.evaluate, images, s + cfg.engine.seed)
+        for s in (ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED)
+    )
     probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
     before = view_agreement(fabric, proj.eval(), teacher_models, images, held, probe_batches)
     opt = adapter_optimizer(proj, pcfg)
@@ -790,8 +790,7 @@ def adapt_to_views(
         set_lr(opt, step, total, warm)
         idx, crops, mix = train.batch_params(*divmod(step, train.steps_per_epoch))
         x = render(images, idx, crops, mix, fabric.device)
-        y = F.one_hot(labels[idx].to(fabric.device), num_classes).float()
-        y = mix_targets(y, mix) if mix is not None else y
+        y = mixed_one_hot(labels[idx].to(fabric.device), num_classes, mix)
         loss, mse, ce = transfer_loss(fabric, proj, teacher_models, x, y, pcfg.ce_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -810,7 +809,7 @@ def adapt_to_views(
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
     probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
     probe_val = engine.evaluate(fabric, proj, probe, 250, desc="val (probe)")
-    path = out / "adapters.safetensors"
+    path = out / ADAPTER_FILE
     extra = {"adapted_from": source, "adapt_steps": total, "teachers": meta.get("teachers")}
     save_adapters(path, proj, pcfg, extra)
     return {

@@ -196,11 +196,13 @@ def paper_report() -> str:
 
 def report(cfg, paper: bool = False) -> str:
     """``hellodd storage``: this run's label sources from the files on disk, and optionally the paper's scale."""
+    from hellodd.distill import adapted_projector_path
+    from hellodd.projector import projector_path
     from hellodd.report import stage_dir
 
     lines = [f"Label storage for {cfg.preset} (outputs in {cfg.out})"]
     teacher = stage_dir(cfg, "teachers") / "final.safetensors"
-    adapter = stage_dir(cfg, "projector") / "adapters.safetensors"
+    adapter = projector_path(cfg)
     lines.append(_row("hard labels", 0))
     lines.append(
         _row("online teacher (final checkpoint)", file_bytes(teacher))
@@ -212,9 +214,7 @@ def report(cfg, paper: bool = False) -> str:
         if adapter.is_file()
         else "  projector adapters: not trained yet (hellodd projector)"
     )
-    from hellodd.distill import distilled_dir
-
-    adapted = distilled_dir(cfg) / "adapters.safetensors"
+    adapted = adapted_projector_path(cfg)
     if adapted.is_file():
         lines.append(_row(f"projector adapters adapted to {adapted.parent.name}", file_bytes(adapted)))
     classes = {"fashion-mnist": 10, "synthetic": cfg.data.synthetic_classes}.get(cfg.data.name)
