@@ -11,31 +11,140 @@ def test_every_preset_builds_and_validates(name):
     assert cfg.preset == name
 
 
-def test_paper_presets_carry_the_supplement_tables():
-    cfg = C.preset("imagenet-1k")
-    t, p, e = cfg.teacher, cfg.projector, cfg.evaluate
-    assert (t.arch, t.lr, t.momentum, t.weight_decay, t.lr_step, t.batch_size, t.epochs) == (
-        "resnet18",
-        0.1,
-        0.9,
-        1e-4,
-        30,
-        256,
-        90,
-    )
-    assert len(t.pool_epochs) == 9
-    assert (p.encoder_rank, p.head_rank, p.lr, p.epochs, p.batch_size, p.ce_weight) == (
-        8,
-        128,
-        5e-4,
-        20,
-        256,
-        0.1,
-    )
-    assert (e.lr, e.epochs, e.batch_size, e.ce_weight, e.cutmix_alpha) == (1e-3, 300, 100, 0.025, 1.0)
-    assert C.preset("imagenet-100").projector.head_rank == 64
-    assert (cfg.distill.update_lr, cfg.distill.update_iters) == (0.01, 300)
-    assert cfg.distill.adapt_steps == 0  # the view adaptation is hellodd's, off in the paper presets
+PAPER = ("imagenet-100", "imagenet-1k", "places365")
+RANKS = {"imagenet-100": (8, 64), "imagenet-1k": (8, 128), "places365": (8, 128)}  # supplement A.4
+
+# (table, item, what the preset or the code must give, the supplement's value); every row of
+# supplement Tables 1-3 and the numbers of A.4 and A.5
+SUPPLEMENT = [
+    ("1", "optimizer", lambda c: _opt("teacher", c), "SGD"),
+    ("1", "base learning rate", lambda c: c.teacher.lr, 0.1),
+    ("1", "scheduler: step (x gamma every step size)", lambda c: _step_lr(c), [0.1, 0.1, 0.01, 0.001]),
+    ("1", "weight decay", lambda c: c.teacher.weight_decay, 1e-4),
+    ("1", "learning-rate step size", lambda c: c.teacher.lr_step, 30),
+    ("1", "momentum", lambda c: c.teacher.momentum, 0.9),
+    ("1", "batch size", lambda c: c.teacher.batch_size, 256),
+    ("1", "model pool size (weak teachers)", lambda c: len(C.weak_teacher_epochs(c)), 9),
+    ("1", "model pool size (projector.num_teachers)", lambda c: c.projector.num_teachers, 9),
+    ("1", "training epochs", lambda c: c.teacher.epochs, 90),
+    ("A.2", "teacher architecture", lambda c: c.teacher.arch, "resnet18"),
+    ("2", "optimizer", lambda c: _opt("projector", c), "AdamW"),
+    ("2", "learning rate", lambda c: c.projector.lr, 5e-4),
+    ("2", "head learning rate (same)", lambda c: c.projector.head_lr or c.projector.lr, 5e-4),
+    ("2", "training epochs", lambda c: c.projector.epochs, 20),
+    ("2", "loss type MSE + CE (weight 0.1)", lambda c: _transfer_loss(c), True),
+    ("2", "CE weight", lambda c: c.projector.ce_weight, 0.1),
+    ("2", "batch size", lambda c: c.projector.batch_size, 256),
+    ("3", "optimizer", lambda c: _opt("student", c), "AdamW"),
+    ("3", "learning rate", lambda c: c.evaluate.lr, 1e-3),
+    ("3", "training epochs", lambda c: c.evaluate.epochs, 300),
+    ("3", "loss type MSE + CE", lambda c: c.evaluate.loss, "mse"),
+    ("3", "CE weight", lambda c: c.evaluate.ce_weight, 0.025),
+    ("3", "batch size", lambda c: c.evaluate.batch_size, 100),
+    ("3", "augmentation CutMix, alpha", lambda c: c.evaluate.cutmix_alpha, 1.0),
+    ("3", "student", lambda c: c.evaluate.students, ["resnet18"]),
+    ("A.3", "projector base CLIP ResNet-50", lambda c: c.projector.base, "clip:RN50"),
+    ("A.4", "encoder rank", lambda c: c.projector.encoder_rank, "RANK0"),
+    ("A.4", "head rank", lambda c: c.projector.head_rank, "RANK1"),
+    ("A.4", "every encoder layer adapted", lambda c: c.projector.frozen_depth, 0.0),
+    ("A.5", "image-update optimizer", lambda c: _opt("update", c), "Adam"),
+    ("A.5", "image-update learning rate", lambda c: c.distill.update_lr, 0.01),
+    ("A.5", "image-update epochs", lambda c: c.distill.update_epochs, 300),
+    (
+        "A.5",
+        "RDED initialisation, then the update",
+        lambda c: (c.distill.init, c.distill.update),
+        ("rded", True),
+    ),
+    ("-", "hellodd's view adaptation off", lambda c: c.distill.adapt_steps, 0),
+    ("-", "hellodd's CutMix-ed transfer batches off", lambda c: c.projector.cutmix_prob, 0.0),
+]
+
+
+def _opt(which: str, cfg) -> str:
+    import torch
+
+    from hellodd.distill import update_optimizer
+    from hellodd.evaluate import student_optimizer
+    from hellodd.projector import adapter_optimizer
+    from hellodd.teachers import teacher_optimizer
+
+    lin = torch.nn.Linear(2, 2)
+    lin.lora_A = torch.nn.Parameter(torch.zeros(1))  # a parameter the adapter optimiser trains
+    make = {
+        "teacher": lambda: teacher_optimizer(lin, cfg.teacher),
+        "projector": lambda: adapter_optimizer(lin, cfg.projector),
+        "student": lambda: student_optimizer(lin, cfg.evaluate.lr, cfg.evaluate.weight_decay),
+        "update": lambda: update_optimizer(torch.zeros(1, requires_grad=True), cfg),
+    }[which]
+    return type(make()).__name__
+
+
+def _step_lr(cfg) -> list[float]:
+    from hellodd.teachers import lr_at
+
+    return [round(lr_at(cfg, e * 10, 10), 6) for e in (0, 29, 30, 60)]  # epochs 0, 29, 30, 60 (10 steps each)
+
+
+def _transfer_loss(cfg) -> bool:
+    import torch
+    import torch.nn.functional as F
+
+    from hellodd.projector import transfer_loss
+
+    class Fab:
+        @staticmethod
+        def autocast():
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    student, teacher = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    loss, mse, ce = transfer_loss(Fab, student, [teacher], x, y, cfg.projector.ce_weight)
+    want = F.mse_loss(student(x), teacher(x)) + 0.1 * F.cross_entropy(student(x), y)
+    return bool(torch.allclose(loss, want))
+
+
+@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("table, item, get, want", SUPPLEMENT, ids=[f"T{r[0]}-{r[1]}" for r in SUPPLEMENT])
+def test_paper_presets_equal_the_supplement(name, table, item, get, want):
+    cfg = C.preset(name)
+    if isinstance(want, str) and want.startswith("RANK"):
+        want = RANKS[name][int(want[-1])]
+    assert get(cfg) == want, f"{name}: supplement {table}, {item}"
+
+
+@pytest.mark.parametrize(
+    "name, ipc, window",
+    [
+        ("imagenet-100", 1, [float(e) for e in range(1, 10)]),
+        ("imagenet-100", 10, [float(e) for e in range(5, 50, 5)]),
+        ("imagenet-100", 50, [float(e) for e in range(10, 100, 10)]),
+        ("imagenet-1k", 1, [float(e) for e in range(2, 20, 2)]),
+        ("imagenet-1k", 10, [float(e) for e in range(10, 55, 5)]),
+        ("imagenet-1k", 50, [float(e) for e in range(50, 95, 5)]),
+        ("places365", 10, [float(e) for e in range(10, 55, 5)]),
+    ],
+)
+def test_weak_teacher_window_moves_with_dataset_and_ipc(name, ipc, window):
+    cfg = C.apply_overrides(C.preset(name), [f"distill.ipc={ipc}"])
+    assert C.weak_teacher_epochs(cfg) == window
+    assert set(window) <= set(cfg.teacher.pool_epochs)  # the trajectory keeps every checkpoint it needs
+    assert C.weak_teacher_epochs(C.apply_overrides(cfg, ["projector.teacher_epochs=3,4"])) == [3.0, 4.0]
+
+
+def test_paper_windows_differ_by_dataset_and_ipc():
+    windows = {
+        (n, ipc): tuple(C.weak_teacher_epochs(C.apply_overrides(C.preset(n), [f"distill.ipc={ipc}"])))
+        for n in ("imagenet-100", "imagenet-1k")
+        for ipc in (1, 10, 50)
+    }
+    assert len(set(windows.values())) == 6
+    for n in ("imagenet-100", "imagenet-1k"):  # later checkpoints for larger IPC
+        assert windows[(n, 1)][0] < windows[(n, 10)][0] < windows[(n, 50)][0]
+    assert windows[("imagenet-100", 10)][0] < windows[("imagenet-1k", 10)][0]  # and for more classes
 
 
 @pytest.mark.parametrize(
@@ -84,6 +193,14 @@ def test_overrides_are_coerced_to_field_types(override, getter, expected):
         ("projector.frozen_depth=1", "projector.frozen_depth"),
         ("evaluate.seeds=[0", "evaluate.seeds"),
         ("distill.adapt_steps=-5", "distill.adapt_steps"),
+        ("distill.update_epochs=-1", "distill.update_epochs"),
+        ("distill.crop_min_scale=0", "distill.crop_min_scale"),
+        ("evaluate.label_sources=[]", "evaluate.label_sources"),
+        ("evaluate.baseline_sources=hard,oracle", "evaluate.baseline_sources"),
+        ("evaluate.compressed_topk=0", "evaluate.compressed_topk"),
+        ("evaluate.compressed_epoch_fraction=0", "evaluate.compressed_epoch_fraction"),
+        ("evaluate.compressed_epoch_fraction=1.5", "evaluate.compressed_epoch_fraction"),
+        ("projector.adapter_dtype=int8", "projector.adapter_dtype"),
     ],
 )
 def test_bad_overrides_name_the_option(override, fragment):

@@ -70,7 +70,37 @@ def test_outputs_shapes_range_and_manifest(run):
     assert manifest["bytes"]["images.safetensors"] == (d / "images.safetensors").stat().st_size
     assert len(list((d / "png").rglob("*.png"))) == 8 and (d / "contact_sheet.png").stat().st_size > 0
     metrics = json.loads((d / "metrics.json").read_text())
-    assert len(metrics["objective"]) == 6 and {"top1_agreement", "kl"} <= set(metrics["agreement_after"])
+    # distill.update_epochs=3 passes over the 8 images in batches of 4: 6 iterations
+    assert metrics["update_iterations"] == len(metrics["objective"]) == 6
+    assert {"top1_agreement", "kl"} <= set(metrics["agreement_after"])
+
+
+@pytest.mark.parametrize(
+    "epochs, images, batch, iters", [(300, 10000, 50, 60000), (1.5, 8, 4, 3), (0, 8, 4, 0)]
+)
+def test_update_budget_is_counted_in_epochs(epochs, images, batch, iters):
+    from hellodd.config import apply_overrides, preset
+    from hellodd.distill import update_iterations
+
+    cfg = apply_overrides(
+        preset("imagenet-1k"), [f"distill.update_epochs={epochs}", f"distill.update_batch_size={batch}"]
+    )
+    assert update_iterations(cfg, images) == iters
+
+
+def test_cached_selection_is_bound_to_its_settings(run, tmp_path, capsys):
+    import shutil
+
+    for stage in ("teachers", "projector"):
+        shutil.copytree(run / stage, tmp_path / stage)
+    args = ["distill", "--preset", "synthetic", "--out", str(tmp_path), "--set", "distill.update=false"]
+    assert main(args) == 0
+    first, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded")
+    assert main(args) == 0 and "selecting afresh" not in capsys.readouterr().out  # same inputs: reused
+    assert main([*args, "--set", "distill.crop_min_scale=1.0"]) == 0
+    assert "init.safetensors was made from other inputs; selecting afresh" in capsys.readouterr().out
+    whole, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded")
+    assert not torch.equal(first, whole)
 
 
 def test_update_lowers_the_objective_and_the_disagreement(run):
@@ -161,7 +191,7 @@ def test_killed_update_resumes_to_the_same_images(run, tmp_path):
         "--out",
         str(tmp_path),
         "--set",
-        "distill.update_iters=45",
+        "distill.update_epochs=22.5",
     ]
     killed = subprocess.run(cmd, env=cli_env(HELLODD_DIE_AT_STEP=30), timeout=300)
     assert killed.returncode == -9

@@ -16,27 +16,69 @@ def test_schedules():
 def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert main(["run", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for stage in ("teachers", "projector", "distill", "evaluate"):
+    for stage in ("teachers", "projector", "distill", "evaluate", "report.md"):
         assert stage in printed
-    ev = tmp_path / "evaluate"
+    ev = tmp_path / "evaluate" / "ipc2-rded-update"
     rows = json.loads((ev / "results.json").read_text())
-    assert {r["source"] for r in rows} == {"hard", "teacher", "stored", "projector"} and len(rows) == 8
+    six = {"hard", "teacher", "weak-teachers", "stored", "compressed", "projector"}
+    assert {r["source"] for r in rows} == six and len(rows) == 12
     assert all(0 <= r["top1"] <= 100 and r["seconds_per_iteration"] > 0 for r in rows)
     metrics = json.loads((ev / "metrics.json").read_text())
-    assert metrics["storage"]["hard"]["bytes"] == 0
+    storage = metrics["storage"]
+    assert storage["hard"]["bytes"] == 0
     # the projector that labels the set is the one distill adapted to its views (distill.adapt_steps > 0)
     adapted = tmp_path / "distill" / "ipc2-rded-update" / "adapters.safetensors"
-    assert metrics["storage"]["projector"]["bytes"] == adapted.stat().st_size
-    assert "ipc2-rded-update/adapters.safetensors" in metrics["storage"]["projector"]["formula"]
-    stored_files = list((ev / "stored-labels" / "seed0").rglob("*.safetensors"))
-    assert metrics["storage"]["stored"]["bytes"] == sum(f.stat().st_size for f in stored_files)
-    # the online teacher and its stored copy see the same pixels: same training signal (fp16 rounding aside)
-    t = [r["top1"] for r in rows if r["source"] == "teacher"]
-    s = [r["top1"] for r in rows if r["source"] == "stored"]
-    assert t == pytest.approx(s, abs=20)
-    assert "| projector |" in (ev / "results.md").read_text()
-    for stage in ("teachers", "projector", "evaluate"):
+    assert storage["projector"]["bytes"] == adapted.stat().st_size
+    assert "ipc2-rded-update/adapters.safetensors" in storage["projector"]["formula"]
+    stored_files = list((ev / "stored-labels" / "seed0").rglob("epoch_*.safetensors"))
+    assert storage["stored"]["bytes"] == sum(f.stat().st_size for f in stored_files)
+    compressed = list((ev / "compressed-labels" / "seed0").rglob("epoch_*.safetensors"))
+    assert len(compressed) == 2 and len(stored_files) == 3  # 3 epochs, fraction 0.5 keeps round(1.5) = 2
+    assert (
+        storage["compressed"]["bytes"]
+        == sum(f.stat().st_size for f in compressed)
+        < storage["stored"]["bytes"]
+    )
+    pool = json.loads((tmp_path / "teachers" / "pool.json").read_text())
+    weak = [c for c in pool["checkpoints"] if c["epoch"] in (0.5, 1.0)]  # the rule's window of 2 on this pool
+    assert storage["weak-teachers"]["bytes"] == sum(
+        (tmp_path / "teachers" / c["file"]).stat().st_size for c in weak
+    )
+    # the random real subset of the same IPC, with its own adapted projector, same protocol
+    rnd = tmp_path / "evaluate" / "ipc2-random"
+    rrows = json.loads((rnd / "results.json").read_text())
+    assert {r["source"] for r in rrows} == {"hard", "teacher", "projector"} and len(rrows) == 6
+    assert (
+        "ipc2-random/adapters.safetensors"
+        in json.loads((rnd / "metrics.json").read_text())["storage"]["projector"]["formula"]
+    )
+    # the report: improvement over random per source, whole-data reference, the frontier plot
+    report = (tmp_path / "report.md").read_text()
+    assert "vs random subset" in report and "Whole-data reference" in report
+    entries = json.loads((tmp_path / "report.json").read_text())["entries"]
+    by = {(e["set"], e["source"]): e for e in entries}
+    for src in ("hard", "teacher", "projector"):
+        e, r = by[("ipc2-rded-update", src)], by[("ipc2-random", src)]
+        assert e["vs_random"] == pytest.approx(e["mean"] - r["mean"])
+    assert "vs_random" not in by[("ipc2-rded-update", "stored")]  # not evaluated on the subset
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for stage in ("teachers", "projector"):
         assert (tmp_path / stage / "config.json").is_file() and (tmp_path / stage / "storage.json").is_file()
+    assert (ev / "config.json").is_file() and (rnd / "config.json").is_file()
+
+    # finding 1 of issue 12: the subset's evaluation finds the set's stored labels in its folder (as when
+    # every set shared one folder); they are rewritten for the subset's images, never replayed on them
+    import shutil
+
+    shutil.copytree(ev / "stored-labels", rnd / "stored-labels")
+    args = ["--set", "distill.init=random", "--set", "distill.update=false", "--set", "evaluate.seeds=[0]"]
+    sources = ["--set", "evaluate.label_sources=[stored]"]
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *args, *sources]) == 0
+    assert "stored-label file(s) were made from other inputs; rewritten" in capsys.readouterr().out
+    assert (
+        json.loads((ev / "metrics.json").read_text())["rows"] == metrics["rows"]
+    )  # the set's results untouched
+
     # the ablation of the view adaptation: stage 3's adapters, on the same stream
     sources = [
         "--set",
@@ -52,3 +94,10 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert main(["storage", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
     report = capsys.readouterr().out
     assert "HeLlO projector adapters" in report and "adapted to ipc2-rded-update" in report
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--to", str(tmp_path / "again")]) == 0
+    assert (
+        "| ipc2-rded-update | projector-transfer |" in capsys.readouterr().out
+        and (tmp_path / "again" / "frontier.png").is_file()
+    )
+    assert main(["report", str(tmp_path / "nothing")]) == 2

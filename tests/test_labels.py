@@ -5,7 +5,20 @@ import torch
 
 from hellodd.augment import apply_cutmix, mix_targets, sample_cutmix
 from hellodd.errors import UserError
-from hellodd.labels import HardLabels, ModelLabels, StoredLabels, Stream, render, write_stored_labels
+from hellodd.io import digest, file_metadata
+from hellodd.labels import (
+    HardLabels,
+    MeanLogits,
+    ModelLabels,
+    StoredLabels,
+    Stream,
+    compress,
+    decompress,
+    kept_epochs,
+    render,
+    stored_path,
+    write_stored_labels,
+)
 
 N, C, S = 12, 5, 8
 
@@ -15,10 +28,24 @@ def images():
     return torch.randint(0, 256, (N, 3, S, S), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
+def _key(images, stream, teacher="t0", dtype="float16", topk=0):
+    """What evaluate binds stored labels to (there: file sha256s; here any distinct strings)."""
+    from hellodd.io import tensor_sha256
+
+    return {
+        "images": tensor_sha256(images),
+        "teacher": teacher,
+        "seed": stream.seed,
+        "batch": stream.batch,
+        "dtype": dtype,
+        "topk": topk,
+    }
+
+
 class _Linear(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, seed=0):
         super().__init__()
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         self.fc = torch.nn.Linear(3 * S * S, C)
 
     def forward(self, x):
@@ -61,12 +88,17 @@ def test_cutmix_mixes_targets_with_the_images_lambda():
 def test_every_source_gives_targets_of_the_right_shape(images, tmp_path):
     stream = Stream(N, S, 4, seed=0)
     teacher = _Linear()
-    write_stored_labels(tmp_path, teacher, images, stream, 2, "float16", "cpu")
+    key = _key(images, stream)
+    write_stored_labels(tmp_path, key, teacher, images, stream, 2, "float16", "cpu")
+    ckey = _key(images, stream, topk=2)
+    write_stored_labels(tmp_path / "c", ckey, teacher, images, stream, 1, "float16", "cpu", topk=2)
     sources = [
         HardLabels(C),
         ModelLabels("teacher", teacher),
+        ModelLabels("weak-teachers", MeanLogits([_Linear(1), _Linear(2)])),
         ModelLabels("projector", _Linear()),
-        StoredLabels(tmp_path, stream, 2),
+        StoredLabels(tmp_path, stream, key, C, 2),
+        StoredLabels(tmp_path / "c", stream, ckey, C, 1, "compressed"),
     ]
     labels = torch.arange(N) % C
     for src in sources:
@@ -81,8 +113,9 @@ def test_every_source_gives_targets_of_the_right_shape(images, tmp_path):
 def test_stored_labels_read_back_exactly_what_was_written(images, tmp_path):
     stream = Stream(N, S, 4, seed=5)
     teacher = _Linear()
-    write_stored_labels(tmp_path, teacher, images, stream, 2, "float32", "cpu")
-    stored = StoredLabels(tmp_path, stream, 2)
+    key = _key(images, stream, dtype="float32")
+    write_stored_labels(tmp_path, key, teacher, images, stream, 2, "float32", "cpu")
+    stored = StoredLabels(tmp_path, stream, key, C, 2)
     for e in range(2):
         for k in range(stream.steps_per_epoch):
             idx, crops, mix = stream.batch_params(e, k)
@@ -98,9 +131,67 @@ def test_stored_labels_read_back_exactly_what_was_written(images, tmp_path):
                 assert torch.equal(stored.targets(x, None, smix, e, k), teacher(x))
 
 
-def test_stored_labels_for_another_setup_are_refused(images, tmp_path):
-    write_stored_labels(tmp_path, _Linear(), images, Stream(N, S, 4, seed=0), 2, "float16", "cpu")
-    with pytest.raises(UserError, match="written for"):
-        StoredLabels(tmp_path, Stream(N, S, 6, seed=0), 2).batch_params(0, 0)
-    with pytest.raises(UserError, match="cover 2 epochs, training needs 3"):
-        StoredLabels(tmp_path, Stream(N, S, 4, seed=0), 3)
+def test_stale_stored_labels_are_rewritten_and_never_read(images, tmp_path, capsys):
+    """Issue 12, finding 1: labels written for one distilled set were replayed on another."""
+    stream = Stream(N, S, 4, seed=0)
+    other = images.flip(0).contiguous()  # another distilled set of the same size and classes
+    key_a, key_b = _key(images, stream), _key(other, stream)
+    assert key_a != key_b
+    write_stored_labels(tmp_path, key_a, _Linear(), images, stream, 2, "float32", "cpu")
+    # the set changed under the same folder: the writer rewrites every file for the new images
+    write_stored_labels(tmp_path, key_b, _Linear(), other, stream, 2, "float32", "cpu")
+    assert "2 stored-label file(s) were made from other inputs; rewritten" in capsys.readouterr().out
+    assert all(file_metadata(stored_path(tmp_path, e))["key"] == digest(key_b) for e in range(2))
+    fresh = StoredLabels(tmp_path, stream, key_b, C, 2)
+    idx, crops, mix = fresh.batch_params(0, 0)
+    x = render(other, idx, crops, mix, "cpu")
+    with torch.no_grad():
+        assert torch.equal(fresh.targets(x, None, mix, 0, 0), _Linear()(x))
+    # a reader that expects the old set's labels refuses these files instead of training on them
+    with pytest.raises(UserError, match="made from other inputs"):
+        StoredLabels(tmp_path, stream, key_a, C, 2).batch_params(0, 0)
+    # another teacher, dtype or stream seed: rewritten too
+    for change in ({"teacher": "t1"}, {"dtype": "float16"}, {"seed": 9}):
+        write_stored_labels(tmp_path, {**key_b, **change}, _Linear(1), other, stream, 1, "float16", "cpu")
+        assert "were made from other inputs" in capsys.readouterr().out
+    # the same inputs again: nothing is rewritten
+    write_stored_labels(tmp_path, {**key_b, "seed": 9}, _Linear(1), other, stream, 1, "float16", "cpu")
+    assert capsys.readouterr().out == ""
+
+
+def test_missing_epoch_files_are_refused(images, tmp_path):
+    stream = Stream(N, S, 4, seed=0)
+    key = _key(images, stream)
+    write_stored_labels(tmp_path, key, _Linear(), images, stream, 2, "float16", "cpu")
+    with pytest.raises(UserError, match="lack epoch files"):
+        StoredLabels(tmp_path, stream, key, C, 3)
+
+
+@pytest.mark.parametrize("topk", [1, 2, 4, 5, 9])
+def test_top_k_compression_keeps_the_largest_logits_and_the_rest_mean(topk):
+    logits = torch.randn(6, C, generator=torch.Generator().manual_seed(1)) * 3
+    packed = compress(logits, topk, torch.float32)
+    back = decompress(packed, slice(0, 6), C)
+    if topk >= C:
+        assert set(packed) == {"logits"} and torch.equal(back, logits)
+        return
+    assert packed["classes"].dtype == torch.uint8 and packed["values"].shape == (6, topk)
+    top = logits.topk(topk, 1)
+    assert torch.equal(back.gather(1, top.indices), top.values)  # kept logits exactly
+    assert torch.allclose(back.mean(1), logits.mean(1), atol=1e-5)  # dropped ones replaced by their mean
+    assert torch.equal(back.argmax(1), logits.argmax(1))
+
+
+def test_pruned_epochs_replay_a_kept_epoch(images, tmp_path):
+    stream = Stream(N, S, 4, seed=3)
+    assert (kept_epochs(300, 0.5), kept_epochs(300, 0.001), kept_epochs(3, 1.0)) == (150, 1, 3)
+    key = _key(images, stream, topk=2)
+    files = write_stored_labels(tmp_path, key, _Linear(), images, stream, 2, "float16", "cpu", topk=2)
+    assert len(files) == 2 and not stored_path(tmp_path, 2).exists()
+    stored = StoredLabels(tmp_path, stream, key, C, 2, "compressed")
+    for e in range(5):
+        a, b = stored.batch_params(e, 1), stream.batch_params(e % 2, 1)
+        assert torch.equal(a[0], b[0]) and torch.allclose(a[1].as_tensor(), b[1].as_tensor())
+    full = tmp_path / "full"
+    write_stored_labels(full, _key(images, stream), _Linear(), images, stream, 5, "float16", "cpu")  # 5 epochs
+    assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in full.glob("epoch_*"))

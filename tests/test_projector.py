@@ -120,6 +120,27 @@ def test_adapter_file_round_trip_and_merge(tmp_path, frozen_depth):
     assert n < tower
 
 
+@pytest.mark.parametrize("dtype, tol", [("float16", 1e-2), ("bfloat16", 5e-2)])
+def test_adapters_saved_in_half_precision_load_back_to_float32(tmp_path, dtype, tol):
+    cfg = tiny()
+    p = build_base(cfg, CLASSES, tmp_path / "cache")
+    add_adapters(p, cfg.encoder_rank, cfg.head_rank)
+    _perturb(p)
+    full, half = tmp_path / "fp32.safetensors", tmp_path / f"{dtype}.safetensors"
+    save_adapters(full, p, cfg)
+    save_adapters(half, p, tiny(adapter_dtype=dtype))
+    # half the tensor bytes; the JSON headers differ by a few bytes (dtype names, offsets)
+    body = sum(t.numel() for t in adapter_tensors(p).values()) * 2
+    assert abs(full.stat().st_size - half.stat().st_size - body) < 200
+    q = load_projector(half)
+    assert all(t.dtype == torch.float32 for t in adapter_tensors(q).values())
+    want = {k: t.to(getattr(torch, dtype)).float() for k, t in adapter_tensors(p).items()}
+    assert all(torch.equal(adapter_tensors(q)[k], want[k]) for k in want)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(q(x), p.eval()(x), atol=tol * p(x).abs().max().item())
+
+
 def test_users_checkpoint_file_is_loaded(tmp_path):
     import open_clip
 

@@ -1,11 +1,12 @@
 """Command line: parse, build the config, dispatch to a stage.  Nothing else lives here.
 
-    hellodd run        every stage in order (the default preset is the Fashion-MNIST demo)
+    hellodd run        every stage in order, a random real subset beside the distilled set, then the report
     hellodd teachers   stage 1: teacher trajectory and model pool
     hellodd projector  stages 2-3: projector (base + text head) and LoRA transfer from weak teachers
     hellodd distill    stage 4: RDED initialisation and the projector-aware image update
     hellodd evaluate   stage 5: students trained on the distilled set with each label source
     hellodd storage    bytes of every label source, at this run's scale and at the paper's
+    hellodd report     the storage-accuracy frontier of one or more runs (table and plot)
 
 Bad input prints one line, ``hellodd: error: ...``, and exits with code 2.
 """
@@ -19,7 +20,12 @@ import warnings
 
 from hellodd.errors import UserError
 
-STAGES = ("teachers", "projector", "distill", "evaluate")
+STAGES = {  # command -> (module, function): each stage is a plain function of (config, fabric)
+    "teachers": ("teachers", "train_teachers"),
+    "projector": ("projector", "run_projector"),
+    "distill": ("distill", "run_distill"),
+    "evaluate": ("evaluate", "run_evaluate"),
+}
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 
 
@@ -67,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--paper", action="store_true", help="the paper's ImageNet settings (builds the real adapters)"
     )
+    rp = sub.add_parser("report", help="table and plot of top-1 against label bytes for one or more runs")
+    rp.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders (each with evaluate/<set>/metrics.json)"
+    )
+    rp.add_argument(
+        "--to", help="folder for report.md, report.json and frontier.png (default: the first RUN)"
+    )
     return p
 
 
@@ -100,35 +113,38 @@ def build_config(args: argparse.Namespace):
 def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     from hellodd import engine
 
+    if command == "report":
+        from pathlib import Path
+
+        from hellodd.frontier import write_report
+
+        runs = [Path(r) for r in args.runs]
+        print(write_report(runs, Path(args.to) if args.to else runs[0])["table"])
+        return
     if command == "storage":
         from hellodd import storage
 
         print(storage.report(cfg, paper=args.paper))
         return
     fabric = engine.make_fabric(cfg.engine)
-    stages = STAGES if command == "run" else (command,)
-    results = {}
-    for stage in stages:
-        if stage == "teachers":
-            from hellodd.teachers import train_teachers
+    if command == "run":
+        from hellodd.pipeline import run_all
 
-            results[stage] = train_teachers(cfg, fabric)
-        elif stage == "projector":
-            from hellodd.projector import run_projector
-
-            results[stage] = run_projector(cfg, fabric)
-        elif stage == "distill":
-            from hellodd.distill import run_distill
-
-            results[stage] = run_distill(cfg, fabric)
-        elif stage == "evaluate":
-            from hellodd.evaluate import run_evaluate
-
-            results[stage] = run_evaluate(cfg, fabric)
+        results = run_all(cfg, fabric)
+    else:
+        results = run_stage(cfg, fabric, command)
     if fabric.is_global_zero:
         from hellodd.summary import summarise
 
         print(summarise(cfg, results))
+
+
+def run_stage(cfg, fabric, stage: str) -> dict:
+    """One stage by name (``teachers``, ``projector``, ``distill``, ``evaluate``)."""
+    import importlib
+
+    module, function = STAGES[stage]
+    return {stage: getattr(importlib.import_module(f"hellodd.{module}"), function)(cfg, fabric)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
-        cfg = build_config(args)
+        cfg = None if args.command == "report" else build_config(args)
         dispatch(cfg, args.command, args)
     except UserError as e:
         print(f"hellodd: error: {e}", file=sys.stderr)

@@ -16,6 +16,17 @@ from dataclasses import dataclass, field
 from hellodd.errors import UserError
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
+# every label source evaluate knows (labels.py documents each)
+LABEL_SOURCES = (
+    "hard",
+    "teacher",
+    "weak-teachers",
+    "stored",
+    "compressed",
+    "projector",
+    "projector-transfer",
+)
+ADAPTER_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
@@ -51,6 +62,7 @@ class TeacherConfig:
     weight_decay: float = 1e-4
     lr_step: float = 30  # epochs between LR drops (StepLR)
     lr_gamma: float = 0.1
+    # checkpoints kept along the trajectory; the paper presets keep every epoch their weak-teacher windows use
     pool_epochs: list[float] = field(default_factory=lambda: [10.0 * i for i in range(1, 10)])
     augment: str = "rrc-flip"  # none | flip | crop-flip | rrc-flip
     eval_batch_size: int = 500
@@ -69,8 +81,9 @@ class ProjectorConfig:
     head_rank: int = 128
     # fraction of encoder layers, from the input side, left without adapters (0 = all adapted, the paper)
     frozen_depth: float = 0.0
-    teacher_epochs: list[float] = field(default_factory=list)  # weak teachers; empty = paper rule
-    num_teachers: int = 9
+    # weak teachers; empty = the preset's window for this dataset and IPC (WEAK_TEACHER_WINDOWS), else the rule
+    teacher_epochs: list[float] = field(default_factory=list)
+    num_teachers: int = 9  # supplement Table 1's "model pool size": the weak teachers the projector imitates
     epochs: float = 20
     batch_size: int = 256
     lr: float = 5e-4
@@ -83,6 +96,8 @@ class ProjectorConfig:
     cutmix_prob: float = 0.0
     train_per_class: int = 0  # subset of the training set used for transfer (0 = all)
     ablate_random_base: bool = False  # also train the same adapters on a seeded-random base
+    # precision the adapter file is saved in (loaded back to float32): the stored bytes, a storage knob
+    adapter_dtype: str = "float32"  # float32 | float16 | bfloat16
 
 
 @dataclass
@@ -95,8 +110,12 @@ class DistillConfig:
     factor: int = 2  # patches per side stitched into one image (1 = no stitching)
     candidates_per_class: int = 300
     crops_per_image: int = 5
+    crop_min_scale: float = (
+        0.08  # area range (crop_min_scale, 1) of RDED's candidate crops (torchvision's 0.08)
+    )
     score_batch_size: int = 256
-    update_iters: int = 300
+    # image-update budget in epochs, one epoch = one pass over all IPC x C distilled images (supplement A.5: 300)
+    update_epochs: float = 300
     update_lr: float = 0.01
     update_batch_size: int = 50
     agreement_weight: float = 1.0  # beta: weight of the observer-projector KL term in the update objective
@@ -111,6 +130,8 @@ class EvaluateConfig:
 
     students: list[str] = field(default_factory=lambda: ["resnet18"])
     label_sources: list[str] = field(default_factory=lambda: ["hard", "teacher", "stored", "projector"])
+    # sources evaluated on a random real subset of the same IPC by `hellodd run` (empty = no baseline)
+    baseline_sources: list[str] = field(default_factory=lambda: ["hard", "teacher", "projector"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     epochs: int = 300
     batch_size: int = 100
@@ -122,6 +143,10 @@ class EvaluateConfig:
     temperature: float = 20.0
     schedule: str = "half-cosine"  # half-cosine (RDED) | cosine
     stored_dtype: str = "float16"
+    # the "compressed" source: stored labels keeping the top-k logits per view (fp16 values + class indices;
+    # the other classes get the mean of the dropped logits) for a fraction of the epochs (the rest replay them)
+    compressed_topk: int = 3
+    compressed_epoch_fraction: float = 0.5
     eval_batch_size: int = 500
     crop_min_scale: float = 0.5  # random-resized-crop area range (crop_min_scale, 1); RDED uses 1/factor
     lr_per_arch: bool = False  # RDED's per-architecture learning rates instead of evaluate.lr
@@ -141,6 +166,40 @@ class Config:
 
 # --------------------------------------------------------------------------------------------
 # presets
+
+# Weak-teacher windows of the paper presets (supplement A.2: "very early" checkpoints for simple data or small
+# IPC, later ones for complex data or large IPC; exact epochs unpublished).  Nine checkpoints (Table 1's model
+# pool size) of the 90-epoch trajectory, per preset and IPC range: SPEC B.1's defaults, reasoning in SPEC E.3.
+# ImageNet-100 (100 classes) sits earlier than ImageNet-1K and Places365 (1000 / 365 classes) at every IPC.
+WEAK_TEACHER_WINDOWS: dict[str, tuple[tuple[int, tuple[float, ...]], ...]] = {
+    "imagenet-100": (
+        (1, tuple(float(e) for e in range(1, 10))),  # IPC 1: epochs 1-9
+        (10, tuple(float(e) for e in range(5, 50, 5))),  # IPC 2-10: 5, 10, ..., 45
+        (10**9, tuple(float(e) for e in range(10, 100, 10))),  # IPC > 10: 10, 20, ..., 90
+    ),
+    "imagenet-1k": (
+        (1, tuple(float(e) for e in range(2, 20, 2))),  # IPC 1: 2, 4, ..., 18
+        (10, tuple(float(e) for e in range(10, 55, 5))),  # IPC 2-10: 10, 15, ..., 50
+        (10**9, tuple(float(e) for e in range(50, 95, 5))),  # IPC > 10: 50, 55, ..., 90
+    ),
+}
+WEAK_TEACHER_WINDOWS["places365"] = WEAK_TEACHER_WINDOWS["imagenet-1k"]
+
+
+def weak_teacher_epochs(cfg: Config) -> list[float]:
+    """The weak teachers' pool epochs: ``projector.teacher_epochs`` if given, else the preset's window for
+    ``distill.ipc``; an empty list leaves the choice to the position rule of :func:`hellodd.projector.weak_teachers`."""
+    if cfg.projector.teacher_epochs:
+        return list(cfg.projector.teacher_epochs)
+    for max_ipc, epochs in WEAK_TEACHER_WINDOWS.get(cfg.preset, ()):
+        if cfg.distill.ipc <= max_ipc:
+            return list(epochs)
+    return []
+
+
+def _window_pool(preset: str, epochs: float) -> list[float]:
+    """Every epoch any window of ``preset`` uses, plus the final one (the observer)."""
+    return sorted({e for _, w in WEAK_TEACHER_WINDOWS[preset] for e in w} | {float(epochs)})
 
 
 def _fashion_mnist() -> Config:
@@ -180,26 +239,35 @@ def _fashion_mnist() -> Config:
             # adapters only on the output half of the encoder: 96 s instead of 131 s per epoch here, 78.2% vs
             # 78.5% val (one run each); the time pays for distill.adapt_steps
             frozen_depth=0.5,
-            ablate_random_base=True,
+            # the seeded-random-base ablation (98 s) is a separate command (README), not part of every run
+            ablate_random_base=False,
         ),
         distill=DistillConfig(
             ipc=10,
             factor=1,
             candidates_per_class=100,
             crops_per_image=3,
-            update_iters=100,
+            update_epochs=100,  # 100 batches of all 100 images (the demo's own budget)
             update_batch_size=100,
             adapt_steps=400,
         ),
-        evaluate=EvaluateConfig(students=["convnet"], epochs=100, batch_size=100, seeds=[0, 1, 2]),
+        evaluate=EvaluateConfig(
+            students=["convnet"],
+            epochs=300,  # supplement Table 3
+            batch_size=100,
+            seeds=[0, 1, 2],
+            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
+        ),
     )
 
 
 def _imagenet(preset: str, head_rank: int) -> Config:
+    """Supplement Tables 1-3, A.4 (ranks) and A.5 (image update); windows from WEAK_TEACHER_WINDOWS."""
     return Config(
         preset=preset,
         out=f"runs/{preset}",
         data=DataConfig(name="imagefolder", image_size=224, workers=8),
+        teacher=TeacherConfig(pool_epochs=_window_pool(preset, 90)),
         projector=ProjectorConfig(head_rank=head_rank),
     )
 
@@ -233,11 +301,18 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
             factor=2,
             candidates_per_class=12,
             crops_per_image=2,
-            update_iters=6,
+            update_epochs=3,  # 6 batches of 4 of the 8 images
             update_batch_size=4,
             adapt_steps=3,
         ),
-        evaluate=EvaluateConfig(students=["convnet-d2-w16"], epochs=3, batch_size=4, seeds=[0, 1]),
+        evaluate=EvaluateConfig(
+            students=["convnet-d2-w16"],
+            epochs=3,
+            batch_size=4,
+            seeds=[0, 1],
+            label_sources=list(LABEL_SOURCES[:-1]),
+            compressed_topk=2,
+        ),
     ),
 }
 
@@ -418,10 +493,27 @@ def validate(cfg: Config) -> None:
         (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (cfg.evaluate.schedule in ("half-cosine", "cosine"), "evaluate.schedule", "half-cosine or cosine"),
         (
-            set(cfg.evaluate.label_sources)
-            <= {"hard", "teacher", "stored", "projector", "projector-transfer"},
+            set(cfg.evaluate.label_sources) <= set(LABEL_SOURCES) and cfg.evaluate.label_sources,
             "evaluate.label_sources",
-            "a subset of hard, teacher, stored, projector, projector-transfer",
+            f"a non-empty subset of {', '.join(LABEL_SOURCES)}",
+        ),
+        (
+            set(cfg.evaluate.baseline_sources) <= set(LABEL_SOURCES),
+            "evaluate.baseline_sources",
+            f"a subset of {', '.join(LABEL_SOURCES)} (empty: no random-subset baseline)",
+        ),
+        (cfg.evaluate.compressed_topk >= 1, "evaluate.compressed_topk", "at least 1"),
+        (
+            0 < cfg.evaluate.compressed_epoch_fraction <= 1,
+            "evaluate.compressed_epoch_fraction",
+            "in (0, 1]",
+        ),
+        (0 < cfg.distill.crop_min_scale <= 1, "distill.crop_min_scale", "in (0, 1]"),
+        (cfg.distill.update_epochs >= 0, "distill.update_epochs", "0 or more"),
+        (
+            cfg.projector.adapter_dtype in ADAPTER_DTYPES,
+            "projector.adapter_dtype",
+            ", ".join(ADAPTER_DTYPES),
         ),
         (
             cfg.evaluate.stored_dtype in ("float16", "float32", "bfloat16"),

@@ -41,6 +41,7 @@ Selection and update run on rank 0 (minutes on one device); other ranks wait.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -54,7 +55,7 @@ from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_
 from hellodd.config import Config
 from hellodd.data import class_indices, load_data
 from hellodd.errors import UserError
-from hellodd.io import load_state, load_tensors, save_state, save_tensors, sha256, write_json
+from hellodd.io import digest, load_state, load_tensors, save_state, save_tensors, sha256, write_json
 from hellodd.report import stage_dir, write_config, write_results
 
 
@@ -89,6 +90,7 @@ def rded_class(
     crops: int,
     gen: torch.Generator,
     batch: int = 256,
+    min_scale: float = 0.08,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RDED for one class: returns stitched images [IPC, C, S, S] (float), the chosen boxes [IPC*f^2, 5] and scores."""
     n, _, s, _ = images.shape
@@ -96,7 +98,7 @@ def rded_class(
     if n < need:
         raise UserError(f"distill: class {c} has {n} candidate images, fewer than IPC x factor^2 = {need}")
     size = s // factor
-    boxes = sample_crops(n * crops, gen, ratio=(1.0, 1.0), flip=False).as_tensor()
+    boxes = sample_crops(n * crops, gen, scale=(min_scale, 1.0), ratio=(1.0, 1.0), flip=False).as_tensor()
     src = torch.arange(n).repeat_interleave(crops)
     dev = next(observer.parameters()).device
     ce = torch.empty(n * crops)
@@ -172,23 +174,38 @@ def update_objective(s, full_feats, projector, observer, factor, beta):
     return info + beta * agree, info, agree
 
 
+def update_iterations(cfg: Config, n_images: int) -> int:
+    """``distill.update_epochs`` passes over the ``n_images`` distilled images, in batches of ``update_batch_size``."""
+    d = cfg.distill
+    return math.ceil(d.update_epochs * n_images / min(d.update_batch_size, n_images))
+
+
+def update_optimizer(pixels: torch.Tensor, cfg: Config) -> torch.optim.Optimizer:
+    """Supplement A.5: Adam, lr ``distill.update_lr`` (0.01), on the pixels."""
+    return torch.optim.Adam([pixels], lr=cfg.distill.update_lr)
+
+
 def image_update(
-    images, full_patches, projector, observer, cfg: Config, state_path: Path, bar=None
+    images, full_patches, projector, observer, cfg: Config, state_path: Path, bar=None, key: str = ""
 ) -> tuple[torch.Tensor, list]:
-    """Adam on pixels; resumable from ``state_path`` (saved every 20 iterations and at the end)."""
+    """Adam on pixels; resumable from ``state_path`` (saved every 20 iterations and at the end).  A state
+    whose ``key`` (digest of the initial images, projector, observer and update settings) differs is stale:
+    it is ignored and overwritten, never resumed."""
     d = cfg.distill
     dev = next(observer.parameters()).device
     s = images.clone().to(dev).requires_grad_(True)
-    opt = torch.optim.Adam([s], lr=d.update_lr)
+    opt = update_optimizer(s, cfg)
+    total = update_iterations(cfg, len(images))
     it, history = 0, []
     if state_path.exists():
         st = load_state(state_path)
-        if st["images"].shape != images.shape:
-            raise UserError(f"{state_path}: resume state is for another distilled set; delete it to restart")
-        with torch.no_grad():
-            s.copy_(st["images"].to(dev))
-        opt.load_state_dict(st["optimizer"])
-        it, history = st["iter"], st["history"]
+        if st.get("key") == key and st["images"].shape == images.shape:
+            with torch.no_grad():
+                s.copy_(st["images"].to(dev))
+            opt.load_state_dict(st["optimizer"])
+            it, history = st["iter"], st["history"]
+        else:
+            print(f"hellodd: {state_path} was made from other inputs; the image update starts afresh")
     with torch.no_grad():
         full_feats = torch.cat(
             [
@@ -201,9 +218,9 @@ def image_update(
     bsz = min(d.update_batch_size, j)
     die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
     if bar is not None:
-        bar.reset(total=d.update_iters)
+        bar.reset(total=total)
         bar.update(it)
-    while it < d.update_iters:
+    while it < total:
         start = (it * bsz) % j
         idx = torch.arange(start, start + bsz) % j
         loss, info, agree = update_objective(
@@ -226,10 +243,16 @@ def image_update(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if die_at and it == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        if it % 20 == 0 or it == d.update_iters:
+        if it % 20 == 0 or it == total:
             save_state(
                 state_path,
-                {"images": s.detach().cpu(), "optimizer": opt.state_dict(), "iter": it, "history": history},
+                {
+                    "images": s.detach().cpu(),
+                    "optimizer": opt.state_dict(),
+                    "iter": it,
+                    "history": history,
+                    "key": key,
+                },
             )
     return s.detach().cpu(), history
 
@@ -294,6 +317,21 @@ def load_distilled(directory) -> tuple[torch.Tensor, torch.Tensor, dict]:
 # --------------------------------------------------------------------------------------------------
 # the stage
 
+SELECTION_FIELDS = ("init", "ipc", "factor", "candidates_per_class", "crops_per_image", "crop_min_scale")
+UPDATE_FIELDS = ("update_epochs", "update_lr", "update_batch_size", "agreement_weight")
+
+
+def init_inputs(cfg: Config, observer_path: str | None) -> dict:
+    """What the initial images depend on: the data, the seed, the selection settings and the observer."""
+    from dataclasses import asdict
+
+    return {
+        "data": {k: v for k, v in asdict(cfg.data).items() if k != "workers"},
+        "seed": cfg.engine.seed,
+        "selection": {k: getattr(cfg.distill, k) for k in SELECTION_FIELDS},
+        "observer_sha256": sha256(observer_path) if observer_path and cfg.distill.init == "rded" else None,
+    }
+
 
 def adapted_projector_path(cfg: Config) -> Path:
     """Where distill writes the view-adapted adapters of this distilled set."""
@@ -341,16 +379,17 @@ def run_distill(cfg: Config, fabric) -> dict:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.engine.seed)
         targets = bundle.train.targets
-        observer = (
-            engine.frozen(fabric, load_classifier(load_pool(cfg)["final_path"])[0])
-            if d.init == "rded" or d.update
-            else None
-        )
+        observer_path = load_pool(cfg)["final_path"] if d.init == "rded" or d.update else None
+        observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
+        init_key = digest(init_inputs(cfg, observer_path))
         init_path = out / "init.safetensors"
-        if init_path.exists():
-            t, _ = load_tensors(init_path)
+        cached = load_tensors(init_path) if init_path.exists() else None
+        if cached and cached[1].get("key") == init_key:
+            t = cached[0]
             images, labels, full = t["images"], t["labels"], t["full_patches"]
         else:
+            if cached:
+                fabric.print(f"hellodd: {init_path} was made from other inputs; selecting afresh")
             imgs, labs, fulls = [], [], []
             bar = engine.progress(
                 fabric, total=bundle.num_classes, desc=f"distill init ({d.init}, IPC {d.ipc})", unit="class"
@@ -369,7 +408,15 @@ def run_distill(cfg: Config, fabric) -> dict:
                 else:
                     cand = torch.stack([bundle.train[i][0] for i in pick[: d.candidates_per_class].tolist()])
                     chosen, boxes, _ = rded_class(
-                        observer, cand, c, d.ipc, d.factor, d.crops_per_image, gen, d.score_batch_size
+                        observer,
+                        cand,
+                        c,
+                        d.ipc,
+                        d.factor,
+                        d.crops_per_image,
+                        gen,
+                        d.score_batch_size,
+                        d.crop_min_scale,
                     )
                     src = chosen // d.crops_per_image
                     size = cand.shape[-1]
@@ -382,7 +429,9 @@ def run_distill(cfg: Config, fabric) -> dict:
                 bar.update(1)
             bar.close()
             images, labels, full = torch.cat(imgs), torch.cat(labs), torch.cat(fulls)
-            save_tensors(init_path, {"images": images, "labels": labels, "full_patches": full})
+            save_tensors(
+                init_path, {"images": images, "labels": labels, "full_patches": full}, {"key": init_key}
+            )
         metrics["init_seconds"] = time.perf_counter() - t0
         if d.update and d.init == "rded":
             from hellodd.projector import load_projector, projector_path
@@ -391,9 +440,20 @@ def run_distill(cfg: Config, fabric) -> dict:
                 fabric, load_projector(projector_path(cfg), fabric.device, Path(cfg.out) / "cache")
             )
             metrics["agreement_before"] = agreement_on(observer, projector, images)
-            bar = engine.progress(fabric, total=d.update_iters, desc="image update", unit="it")
+            total = update_iterations(cfg, len(images))
+            bar = engine.progress(fabric, total=total, desc="image update", unit="it")
             t1 = time.perf_counter()
-            images, history = image_update(images, full, projector, observer, cfg, out / "state.pt", bar)
+            update_key = digest(
+                {
+                    "init": init_key,
+                    "projector_sha256": sha256(projector_path(cfg)),
+                    "update": {k: getattr(d, k) for k in UPDATE_FIELDS},
+                }
+            )
+            images, history = image_update(
+                images, full, projector, observer, cfg, out / "state.pt", bar, update_key
+            )
+            metrics["update_iterations"] = total
             bar.close()
             metrics["update_seconds"] = time.perf_counter() - t1
             metrics["agreement_after"] = agreement_on(observer, projector, images)

@@ -37,8 +37,17 @@ from hellodd import engine
 from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
-from hellodd.io import write_bytes
-from hellodd.labels import HardLabels, ModelLabels, StoredLabels, render, student_stream, write_stored_labels
+from hellodd.io import sha256, tensor_sha256, write_bytes
+from hellodd.labels import (
+    HardLabels,
+    MeanLogits,
+    ModelLabels,
+    StoredLabels,
+    kept_epochs,
+    render,
+    student_stream,
+    write_stored_labels,
+)
 from hellodd.models import build_model
 from hellodd.report import mib, peak_memory_mib, stage_dir, write_config, write_results
 
@@ -76,6 +85,14 @@ def student_loss(
     return F.mse_loss(logits, targets) + ev.ce_weight * F.cross_entropy(logits, y)
 
 
+def student_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Supplement Table 3: AdamW; no decay on biases and norm weights (RDED's ``get_parameters``)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
 def train_student(
     cfg: Config, fabric, arch: str, source, images, labels, val, num_classes: int, seed: int, stream
 ) -> dict:
@@ -83,11 +100,7 @@ def train_student(
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": ev.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
+    opt = student_optimizer(model, lr, ev.weight_decay)
     model, opt = fabric.setup(model, opt)
     batches = source if isinstance(source, StoredLabels) else stream
     times, step_total = [], 0
@@ -132,6 +145,21 @@ def train_student(
     }
 
 
+def stored_key(images, teacher_path, stream, dtype: str, topk: int) -> dict:
+    """Everything stored labels depend on: a file made from anything else is never reused."""
+    return {
+        "format": "hellodd-stored-labels-v2",
+        "images_sha256": tensor_sha256(images),
+        "teacher_sha256": sha256(teacher_path),
+        "stream": {
+            k: getattr(stream, k)
+            for k in ("seed", "batch", "rank", "world", "n", "size", "min_scale", "alpha")
+        },
+        "dtype": dtype,
+        "topk": topk,
+    }
+
+
 def build_label_sources(
     cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path
 ) -> tuple[dict, dict]:
@@ -139,21 +167,31 @@ def build_label_sources(
     from hellodd import storage
     from hellodd.models import load_classifier
 
+    ev = cfg.evaluate
     built, cost = {}, {}
-    need_teacher = {"teacher", "stored"} & set(cfg.evaluate.label_sources)
     teacher_path = None
-    if need_teacher:
+    if {"teacher", "stored", "compressed"} & set(ev.label_sources):
         from hellodd.teachers import load_pool
 
         teacher_path = load_pool(cfg)["final_path"]
         teacher = engine.frozen(fabric, load_classifier(teacher_path)[0])
-    for name in cfg.evaluate.label_sources:
+    for name in ev.label_sources:
         if name == "hard":
             built[name] = HardLabels(num_classes)
             cost[name] = storage.label_storage("hard")
         elif name == "teacher":
             built[name] = ModelLabels("teacher", teacher)
             cost[name] = storage.label_storage("teacher", teacher_file=teacher_path)
+        elif name == "weak-teachers":
+            from hellodd.projector import weak_teachers
+            from hellodd.teachers import load_pool
+
+            pool = load_pool(cfg)
+            pool["classes"] = list(range(num_classes))
+            chosen = weak_teachers(pool, cfg)
+            models = [load_classifier(t["path"])[0] for t in chosen]
+            built[name] = ModelLabels(name, engine.frozen(fabric, MeanLogits(models)))
+            cost[name] = storage.label_storage("weak-teachers", teacher_files=[t["path"] for t in chosen])
         elif name in ("projector", "projector-transfer"):
             from hellodd.distill import projector_for
             from hellodd.projector import load_projector, merged_for_inference, projector_path
@@ -164,13 +202,21 @@ def build_label_sources(
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
             built[name] = ModelLabels(name, engine.frozen(fabric, merged_for_inference(p)))
             cost[name] = storage.label_storage("projector", adapter_file=path)
-        elif name == "stored":
-            root = out / "stored-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
+        elif name in ("stored", "compressed"):
+            full = name == "stored"
+            topk = 0 if full else ev.compressed_topk
+            kept = ev.epochs if full else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
+            key = stored_key(images, teacher_path, stream, ev.stored_dtype, topk)
+            root = out / f"{name}-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
             files = write_stored_labels(
-                root, teacher, images, stream, cfg.evaluate.epochs, cfg.evaluate.stored_dtype, fabric.device
+                root, key, teacher, images, stream, kept, ev.stored_dtype, fabric.device, topk
             )
-            built[name] = StoredLabels(root, stream, cfg.evaluate.epochs)
+            built[name] = StoredLabels(root, stream, key, num_classes, kept, name)
             cost[name] = storage.label_storage("stored", stored_files=files)
+            if not full:
+                cost[name]["formula"] += (
+                    f" (top-{topk} logits + rest mean, {kept} of {ev.epochs} epochs; e replays e mod {kept})"
+                )
     return built, cost
 
 
@@ -194,11 +240,18 @@ def _table(rows: list[dict], cost: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_dir(cfg: Config) -> Path:
+    """``<out>/evaluate/<set>/``: one folder per distilled set, so evaluating one never overwrites another."""
+    from hellodd.distill import distilled_dir
+
+    return stage_dir(cfg, "evaluate") / distilled_dir(cfg).name
+
+
 def run_evaluate(cfg: Config, fabric) -> dict:
     from hellodd.distill import distilled_dir, load_distilled
 
     ev = cfg.evaluate
-    out = stage_dir(cfg, "evaluate")
+    out = evaluate_dir(cfg)
     d = distilled_dir(cfg)
     if not (d / "images.safetensors").is_file():
         raise UserError(
@@ -234,6 +287,9 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     means = {k: statistics.mean(v) for k, v in by_source.items()}
     metrics = {
         "distilled_set": str(d),
+        "set": d.name,
+        "ipc": cfg.distill.ipc,
+        "epochs": ev.epochs,
         "rows": rows,
         "storage": cost,
         "mean_top1": means,
@@ -242,7 +298,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     }
     parts = [f"{k} {v:.2f}%" for k, v in means.items()]
     metrics["summary"] = (
-        f"evaluate ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): mean top-1 "
+        f"evaluate {d.name} ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): mean top-1 "
         + ", ".join(parts)
     )
     if fabric.is_global_zero:

@@ -9,11 +9,18 @@ source     targets for a batch of augmented, CutMix-ed images x
 ========== =============================================================================================
 hard       the CutMix-mixed one-hot labels (probabilities); trained with soft-target cross-entropy
 teacher    logits of a teacher checkpoint run online on x (RDED / SRe2L ``train_KD``)
+weak-      the mean logits of the weak teachers the projector imitates, online: the projector's ceiling
+teachers
 stored     logits written to disk once per (epoch, step) by the teacher, with the stream's parameters
            (image indices, crop boxes, flips, CutMix box/lambda/permutation), read back during
            training (FKD / SRe2L / G-VBSM).  Replay uses the *stored* parameters; the file's bytes are
-           the storage this source costs.  A file written for another batch size, epoch count or world
-           size is refused with one line, never silently misaligned.
+           the storage this source costs.  Every file records the digest of what made it (the images'
+           sha256, the teacher checkpoint's sha256, the stream's seed and settings, dtype, top-k): a
+           file made from other inputs is rewritten by the writer and refused by the reader.
+compressed stored labels, compressed (the LPLD / FKD top-k line): only the top-k logits per view (values
+           in ``stored_dtype`` and class indices, uint8 up to 256 classes) and the mean of the dropped
+           logits, which fills every other class when the target is rebuilt; and only a fraction of
+           the epochs is written, epoch e replaying the views and labels of kept epoch e mod K
 projector  logits of the HeLlO projector (base + LoRA merged), online, under inference mode
 ========== =============================================================================================
 """
@@ -36,7 +43,7 @@ from hellodd.augment import (
 )
 from hellodd.engine import step_generator
 from hellodd.errors import UserError
-from hellodd.io import load_tensors, save_tensors
+from hellodd.io import digest, file_metadata, load_tensors, save_tensors, write_json
 
 
 class Stream:
@@ -113,22 +120,80 @@ class ModelLabels:
         return z.clone()  # a normal tensor again, usable in the autograd graph as a constant target
 
 
+class MeanLogits(torch.nn.Module):
+    """The mean raw logits of several frozen models (the weak teachers the projector imitates)."""
+
+    def __init__(self, models: list[torch.nn.Module]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.models]).mean(0)
+
+
 def stored_path(root: Path, epoch: int) -> Path:
     return root / f"epoch_{epoch:04d}.safetensors"
 
 
+def kept_epochs(epochs: int, fraction: float) -> int:
+    """Epochs whose labels a pruned store keeps: ``round(epochs * fraction)``, at least one."""
+    return max(1, min(epochs, round(epochs * fraction)))
+
+
+def _index_dtype(num_classes: int) -> torch.dtype:
+    return torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32767 else torch.int32
+
+
+def compress(logits: torch.Tensor, topk: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Keep the ``topk`` largest logits per view (values in ``dtype`` and class indices) and the mean of the
+    dropped ones; ``topk`` >= C keeps every logit."""
+    c = logits.shape[1]
+    if topk >= c:
+        return {"logits": logits.to(dtype)}
+    values, classes = logits.topk(topk, 1)
+    rest = (logits.sum(1) - values.sum(1)) / (c - topk)
+    return {"values": values.to(dtype), "classes": classes.to(_index_dtype(c)), "rest": rest.to(dtype)}
+
+
+def decompress(d: dict[str, torch.Tensor], rows: slice, num_classes: int) -> torch.Tensor:
+    """The target rebuilt from :func:`compress`: kept logits at their classes, every other class the stored
+    mean of the dropped logits (marginal smoothing in logit space; FKD does the same with probabilities)."""
+    if "logits" in d:
+        return d["logits"][rows].float()
+    values, classes, rest = d["values"][rows].float(), d["classes"][rows].long(), d["rest"][rows].float()
+    out = rest[:, None].expand(len(rest), num_classes).clone()
+    return out.scatter_(1, classes, values)
+
+
 def write_stored_labels(
-    root: Path, teacher, images: torch.Tensor, stream: Stream, epochs: int, dtype: str, device
+    root: Path,
+    key: dict,
+    teacher,
+    images: torch.Tensor,
+    stream: Stream,
+    epochs: int,
+    dtype: str,
+    device,
+    topk: int = 0,
 ) -> list[Path]:
-    """FKD-style relabel: for every epoch and step, the teacher's logits on the exact augmented batch."""
+    """FKD-style relabel: for every epoch and step, the teacher's logits on the exact augmented batch.
+
+    ``key`` names everything the labels depend on (images, teacher checkpoint, stream settings, dtype, top-k);
+    its digest is written into every file.  A file with another digest was made for other inputs: it is
+    rewritten, never reused.  Finished files with the right digest are kept (the writing resumes).
+    """
     root.mkdir(parents=True, exist_ok=True)
-    files = []
+    tag = digest(key)
+    write_json(root / "key.json", {"digest": tag, **key})
+    files, stale = [], 0
     for e in range(epochs):
         path = stored_path(root, e)
         files.append(path)
         if path.is_file():
-            continue  # resumable: finished epochs are kept
-        rows = {"indices": [], "crops": [], "cutmix": [], "perm": [], "logits": []}
+            if file_metadata(path).get("key") == tag:
+                continue
+            stale += 1
+        rows: dict[str, list] = {"indices": [], "crops": [], "cutmix": [], "perm": []}
         for s in range(stream.steps_per_epoch):
             idx, crops, mix = stream.batch_params(e, s)
             x = render(images, idx, crops, mix, device)
@@ -140,47 +205,51 @@ def write_stored_labels(
                 (mix.as_tensor() if mix else torch.zeros(5, dtype=torch.float64)).float()[None]
             )
             rows["perm"].append((mix.perm if mix else torch.arange(len(idx))).to(torch.int32)[None])
-            rows["logits"].append(logits.to(getattr(torch, dtype)))
+            for k, v in compress(logits, topk or logits.shape[1], getattr(torch, dtype)).items():
+                rows.setdefault(k, []).append(v)
         tensors = {k: torch.cat(v) for k, v in rows.items()}
-        save_tensors(
-            path,
-            tensors,
-            {
-                "epoch": e,
-                "batch": stream.batch,
-                "world": stream.world,
-                "rank": stream.rank,
-                "steps": stream.steps_per_epoch,
-                "n": stream.n,
-                "dtype": dtype,
-            },
-        )
+        save_tensors(path, tensors, {"epoch": e, "key": tag})
+    if stale:
+        print(f"hellodd: {root}: {stale} stored-label file(s) were made from other inputs; rewritten")
     return files
 
 
 class StoredLabels:
-    """Reads back what :func:`write_stored_labels` wrote; also supplies the stored augmentation."""
+    """Reads back what :func:`write_stored_labels` wrote; also supplies the stored augmentation.
 
-    name = "stored"
+    ``kept`` epoch files serve ``epochs`` training epochs: epoch e replays file ``e % kept`` (its views and
+    labels).  Every file must carry ``key``'s digest, or it is refused with one line.
+    """
+
     kind = "logits"
 
-    def __init__(self, root: Path, stream: Stream, epochs: int):
-        self.root, self.stream, self.epochs = Path(root), stream, epochs
+    def __init__(
+        self,
+        root: Path,
+        stream: Stream,
+        key: dict,
+        num_classes: int,
+        kept: int,
+        name: str = "stored",
+    ):
+        self.root, self.stream, self.kept, self.name = Path(root), stream, kept, name
+        self.tag, self.num_classes = digest(key), num_classes
         self._epoch, self._data = -1, None
-        files = sorted(self.root.glob("epoch_*.safetensors"))
-        if len(files) < epochs:
-            raise UserError(f"{self.root}: stored labels cover {len(files)} epochs, training needs {epochs}")
+        missing = [e for e in range(kept) if not stored_path(self.root, e).is_file()]
+        if missing:
+            raise UserError(f"{self.root}: stored labels lack epoch files {missing[:3]}; write them first")
 
     def _load(self, epoch: int):
-        if self._epoch != epoch:
-            tensors, meta = load_tensors(stored_path(self.root, epoch))
-            want = {"batch": self.stream.batch, "world": self.stream.world, "n": self.stream.n}
-            got = {k: meta.get(k) for k in want}
-            if got != want:
+        e = epoch % self.kept
+        if self._epoch != e:
+            path = stored_path(self.root, e)
+            tensors, meta = load_tensors(path)
+            if meta.get("key") != self.tag:
                 raise UserError(
-                    f"{stored_path(self.root, epoch)}: stored labels were written for {got}, this run has {want}"
+                    f"{path}: stored labels made from other inputs (images, teacher or augmentation stream "
+                    "differ); refusing to reuse them"
                 )
-            self._epoch, self._data = epoch, tensors
+            self._epoch, self._data = e, tensors
         return self._data
 
     def batch_params(self, epoch: int, step: int):
@@ -197,5 +266,5 @@ class StoredLabels:
         return idx, crops, mix
 
     def targets(self, x, y, mix, epoch, step):
-        d, b = self._load(epoch), self.stream.batch
-        return d["logits"][step * b : (step + 1) * b].float().to(x.device)
+        b = self.stream.batch
+        return decompress(self._load(epoch), slice(step * b, (step + 1) * b), self.num_classes).to(x.device)

@@ -448,13 +448,15 @@ def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None 
                 "encoder_rank",
                 "head_rank",
                 "frozen_depth",
+                "adapter_dtype",
             )
         },
         "classes": module.classes,
         "base_info": module.info,
         **(extra or {}),
     }
-    tensors = adapter_tensors(module)
+    dtype = getattr(torch, pcfg.adapter_dtype)
+    tensors = {k: t.to(dtype) for k, t in adapter_tensors(module).items()}
     save_tensors(path, tensors, meta)
     return sum(t.numel() for t in tensors.values())
 
@@ -475,7 +477,9 @@ def load_projector(path, device="cpu", cache_dir: Path | None = None) -> Project
     own = adapter_tensors(p)
     if own.keys() != tensors.keys() or any(own[k].shape != tensors[k].shape for k in own):
         raise UserError(f"{path}: adapter tensors do not fit base {pcfg.base} (ranks or layers differ)")
-    p.load_state_dict(tensors, strict=False)
+    p.load_state_dict(
+        {k: t.float() for k, t in tensors.items()}, strict=False
+    )  # fp16/bf16 files: back to fp32
     return p.to(device).eval()
 
 
@@ -519,19 +523,24 @@ def projector_path(cfg: Config) -> Path:
 
 
 def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
-    """The paper's rule, made concrete: a window of ``num_teachers`` consecutive pool checkpoints whose
-    position moves from the start of the trajectory (simple data, small IPC) to its end (complex data,
-    large IPC).  Position f = 0.5 * log10(C)/3 + 0.5 * log10(IPC)/2, clipped to [0, 1] (C = 1000 classes
-    or IPC = 100 push it to the end).  The final model is never a weak teacher.
-    ``projector.teacher_epochs`` overrides the rule."""
+    """The weak teachers: :func:`hellodd.config.weak_teacher_epochs` (``projector.teacher_epochs``, else the
+    paper preset's window for this IPC).  Without either, the paper's rule made concrete: a window of
+    ``num_teachers`` consecutive pool checkpoints whose position moves from the start of the trajectory
+    (simple data, small IPC) to its end (complex data, large IPC).  Position f = 0.5 * log10(C)/3 + 0.5 *
+    log10(IPC)/2, clipped to [0, 1] (C = 1000 classes or IPC = 100 push it to the end).  The final model is
+    never a weak teacher under the rule."""
+    from hellodd.config import weak_teacher_epochs
+
     ckpts = sorted(pool["checkpoints"], key=lambda p: p["epoch"])
     p = cfg.projector
-    if p.teacher_epochs:
-        chosen = [c for c in ckpts if any(abs(c["epoch"] - e) < 1e-9 for e in p.teacher_epochs)]
-        missing = set(p.teacher_epochs) - {c["epoch"] for c in chosen}
+    wanted = weak_teacher_epochs(cfg)
+    if wanted:
+        chosen = [c for c in ckpts if any(abs(c["epoch"] - e) < 1e-9 for e in wanted)]
+        missing = set(wanted) - {c["epoch"] for c in chosen}
         if missing:
             raise UserError(
-                f"--set projector.teacher_epochs: no pool checkpoint at epoch(s) {sorted(missing)}"
+                f"--set projector.teacher_epochs: no pool checkpoint at epoch(s) {sorted(missing)} "
+                "(teacher.pool_epochs must keep them)"
             )
         return chosen
     candidates = ckpts[:-1] if len(ckpts) > 1 else ckpts

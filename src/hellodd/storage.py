@@ -133,6 +133,7 @@ def label_storage(
     batch_size: int = 0,
     dtype: str = "float16",
     teacher_file=None,
+    teacher_files=(),
     adapter_file=None,
     stored_files=(),
 ) -> dict:
@@ -143,6 +144,11 @@ def label_storage(
         return {
             "bytes": file_bytes(teacher_file),
             "formula": f"teacher checkpoint file {Path(teacher_file).name}",
+        }
+    if source == "weak-teachers":
+        return {
+            "bytes": sum(file_bytes(f) for f in teacher_files),
+            "formula": f"{len(teacher_files)} weak-teacher checkpoint files ({', '.join(Path(f).stem for f in teacher_files)})",
         }
     if source == "projector":
         where = f"{Path(adapter_file).parent.name}/{Path(adapter_file).name}"

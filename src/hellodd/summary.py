@@ -13,11 +13,13 @@ def summarise(cfg: Config, results: dict) -> str:
         lines.append(
             f"teachers  {t['arch']}: final val top-1 {t['final_val_top1']:.2f}% in {t['seconds']:.0f} s; pool (epoch:top-1) {accs}"
         )
-    for stage in ("projector", "distill", "evaluate"):
-        r = results.get(stage)
-        if r and r.get("summary"):
+    for stage, r in results.items():
+        if stage != "report" and r and r.get("summary"):
             lines.append(r["summary"])
-    ev = results.get("evaluate")
-    if ev and ev.get("table"):
-        lines += ["", ev["table"]]
+    if results.get("report"):
+        lines += ["", results["report"]["table"], "", results["report"]["summary"]]
+    else:
+        for stage, r in results.items():
+            if stage.startswith("evaluate") and r.get("table"):
+                lines += ["", r["table"]]
     return "\n".join(lines)

@@ -53,6 +53,11 @@ def lr_at(cfg: Config, step: int, spe: int) -> float:
     return t.lr * t.lr_gamma ** math.floor((step / spe) / t.lr_step + 1e-9)
 
 
+def teacher_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+    """Supplement Table 1: SGD with momentum and weight decay (``TeacherConfig``)."""
+    return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
 def load_pool(cfg: Config) -> dict:
     """The pool index written by :func:`train_teachers`; one clear error if the stage has not run."""
     path = stage_dir(cfg, "teachers") / "pool.json"
@@ -76,7 +81,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
     ckpt_steps.setdefault(total, t.epochs)
 
     model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
-    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    opt = teacher_optimizer(model, t)
     state_path = out / "state.pt"
     step, pool, history = 0, [], []
     if state_path.exists():

@@ -1,0 +1,194 @@
+"""``hellodd report RUN...``: the storage-accuracy frontier of one or more runs, as a table and a plot.
+
+Reads what the stages wrote (``<run>/evaluate/<set>/metrics.json``, ``<run>/teachers/metrics.json``) and
+writes ``report.md`` and ``frontier.png`` into the chosen folder (the run itself for ``hellodd run``):
+
+* per (set, label source, student): final-epoch top-1, mean ± sample std over seeds (no best-epoch or
+  learning-rate selection on the test set), the label source's extra bytes (from its files), s / iteration;
+* the improvement over the random real subset of the same IPC in the same run, per source and student:
+  mean(set) - mean(random) ± sqrt(std(set)^2 + std(random)^2) (the subset and the set share seeds, streams
+  and protocol, not images, so the runs are not paired);
+* the whole-data reference: the final teacher's validation top-1 (trained on every training image);
+* the plot: top-1 against label bytes (log scale; hard labels, 0 B, sit at the left edge), one point per
+  source with its std, the distilled set filled and the random subset hollow, for the first student.
+
+Several runs (e.g. adapters saved in fp16, other ranks) go on one frontier; rows then name their run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+
+from hellodd.errors import UserError
+from hellodd.io import read_json, write_bytes
+
+
+def _sets(run: Path) -> list[dict]:
+    found = sorted((run / "evaluate").glob("*/metrics.json"))
+    if not found:
+        raise UserError(
+            f"{run}: no evaluate/<set>/metrics.json; run 'hellodd evaluate' (or 'hellodd run') first"
+        )
+    return [read_json(p) for p in found]
+
+
+def collect(runs: list[Path]) -> tuple[list[dict], dict]:
+    """One entry per (run, set, source, student) with mean / std / n / bytes, and whole-data references."""
+    entries, whole = [], {}
+    for run in runs:
+        teachers = run / "teachers" / "metrics.json"
+        if teachers.is_file():
+            t = read_json(teachers)
+            whole[run.name] = {"arch": t.get("arch"), "top1": t.get("final_val_top1")}
+        for m in _sets(run):
+            groups: dict[tuple, list] = {}
+            for r in m["rows"]:
+                groups.setdefault((r["source"], r["student"]), []).append(r)
+            for (source, student), rs in groups.items():
+                top1 = [r["top1"] for r in rs]
+                entries.append(
+                    {
+                        "run": run.name,
+                        "set": m.get("set", Path(m["distilled_set"]).name),
+                        "random": m.get("set", "").endswith("-random"),
+                        "ipc": m.get("ipc"),
+                        "epochs": m.get("epochs"),
+                        "source": source,
+                        "student": student,
+                        "mean": statistics.mean(top1),
+                        "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                        "n": len(top1),
+                        "bytes": m["storage"][source]["bytes"],
+                        "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
+                    }
+                )
+    for e in entries:  # improvement over the random subset of the same IPC, same run / source / student
+        if e["random"]:
+            continue
+        ref = [
+            r
+            for r in entries
+            if r["random"]
+            and (r["run"], r["ipc"], r["source"], r["student"])
+            == (e["run"], e["ipc"], e["source"], e["student"])
+        ]
+        if ref:
+            e["vs_random"] = e["mean"] - ref[0]["mean"]
+            e["vs_random_std"] = math.hypot(e["std"], ref[0]["std"])
+    return entries, whole
+
+
+def table(entries: list[dict], whole: dict) -> str:
+    many = len({e["run"] for e in entries}) > 1
+    lines = []
+    for run, w in whole.items():
+        if w.get("top1") is not None:
+            lines.append(
+                f"Whole-data reference ({run}): the final teacher ({w['arch']}, every training image) reaches "
+                f"{w['top1']:.2f}% val top-1."
+            )
+    lines.append("")
+    head = [
+        "set",
+        "label source",
+        "student",
+        "top-1 (mean ± std, n)",
+        "vs random subset",
+        "label bytes",
+        "s / iter",
+    ]
+    if many:
+        head.insert(0, "run")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in entries:
+        vs = f"{e['vs_random']:+.2f} ± {e['vs_random_std']:.2f}" if "vs_random" in e else "-"
+        cells = [
+            e["set"],
+            e["source"],
+            e["student"],
+            f"{e['mean']:.2f} ± {e['std']:.2f} ({e['n']})",
+            vs,
+            f"{e['bytes']:,}",
+            f"{e['s_per_iter']:.3f}",
+        ]
+        if many:
+            cells.insert(0, e["run"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(entries: list[dict], whole: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    student = entries[0]["student"]
+    pts = [e for e in entries if e["student"] == student]
+    positive = [e["bytes"] for e in pts if e["bytes"] > 0]
+    floor = 10 ** math.floor(math.log10(min(positive) / 10)) if positive else 1.0
+    sources = sorted({e["source"] for e in pts})
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
+    many = len({e["run"] for e in pts}) > 1
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for e in pts:
+        x = e["bytes"] if e["bytes"] > 0 else floor
+        c = colours[e["source"]]
+        ax.errorbar(
+            x,
+            e["mean"],
+            yerr=e["std"],
+            fmt="s" if e["random"] else "o",
+            color=c,
+            mfc="white" if e["random"] else c,
+            ms=7,
+            capsize=3,
+        )
+        label = e["source"] + (" (random subset)" if e["random"] else "") + (f" [{e['run']}]" if many else "")
+        ax.annotate(label, (x, e["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7, color=c)
+    for w in whole.values():
+        if w.get("top1") is not None:
+            ax.axhline(w["top1"], ls="--", color="grey", lw=1)
+            ax.annotate(
+                f"whole data ({w['arch']})",
+                (floor, w["top1"]),
+                xytext=(2, 3),
+                textcoords="offset points",
+                fontsize=7,
+                color="grey",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel(f"extra label bytes (log scale; hard labels, 0 B, drawn at {floor:g})")
+    ax.set_ylabel("student top-1 (%), final epoch, mean ± std over seeds")
+    ipc, epochs = pts[0].get("ipc"), pts[0].get("epochs")
+    ax.set_title(
+        f"IPC {ipc}, {student}, {epochs} epochs: filled = distilled set, hollow = random real subset"
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def write_report(runs: list[Path], to: Path) -> dict:
+    """Write ``report.md``, ``report.json`` and ``frontier.png`` into ``to``; return what was written."""
+    for run in runs:
+        if not run.is_dir():
+            raise UserError(f"{run}: no such run folder")
+    entries, whole = collect(runs)
+    md = table(entries, whole)
+    to.mkdir(parents=True, exist_ok=True)
+    write_bytes(to / "report.md", ("# hellodd report\n\n" + md + "\n\n![frontier](frontier.png)\n").encode())
+    write_bytes(to / "report.json", json.dumps({"entries": entries, "whole_data": whole}, indent=2).encode())
+    plot(entries, whole, to / "frontier.png")
+    return {
+        "table": md,
+        "entries": entries,
+        "summary": f"report: {to / 'report.md'} and {to / 'frontier.png'}",
+    }
