@@ -150,6 +150,9 @@ class EvaluateConfig:
     eval_batch_size: int = 500
     crop_min_scale: float = 0.5  # random-resized-crop area range (crop_min_scale, 1); RDED uses 1/factor
     lr_per_arch: bool = False  # RDED's per-architecture learning rates instead of evaluate.lr
+    # torch.compile the students and the online labellers (inductor; needs a C++ compiler on a CPU): on the
+    # demo's 2-core CPU with bf16 autocast a student step is 2.2x faster than eager fp32 (README, Performance)
+    compile: bool = False
 
 
 @dataclass
@@ -242,16 +245,26 @@ def _fashion_mnist() -> Config:
             # the seeded-random-base ablation (98 s) is a separate command (README), not part of every run
             ablate_random_base=False,
         ),
+        # what measured best here (README, "Do the images earn their place?"): RDED scoring whole images
+        # (crop_min_scale 1) among 20 candidates per class, and no image update; the paper's crops (area
+        # 0.08-1) among 100 candidates kept the easiest images and lost 7.6 points of hard-label accuracy
+        # to a random subset; the update lowered every label source by 0.4-1.0 point (3 seeds, 100 epochs)
         distill=DistillConfig(
             ipc=10,
             factor=1,
-            candidates_per_class=100,
+            candidates_per_class=20,
             crops_per_image=3,
-            update_epochs=100,  # 100 batches of all 100 images (the demo's own budget)
+            crop_min_scale=1.0,
+            update=False,
+            update_epochs=100,  # the demo's own budget if the update is switched on: 100 batches of all 100 images
             update_batch_size=100,
             adapt_steps=400,
         ),
+        # bf16 autocast everywhere (this CPU has AVX512-BF16) and compiled evaluation: what makes the
+        # 300-epoch protocol fit in 25 minutes here; student accuracy checked against fp32 (README)
+        engine=EngineConfig(precision="bf16-mixed"),
         evaluate=EvaluateConfig(
+            compile=True,
             students=["convnet"],
             epochs=300,  # supplement Table 3
             batch_size=100,

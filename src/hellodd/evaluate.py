@@ -101,7 +101,7 @@ def train_student(
     model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
     opt = student_optimizer(model, lr, ev.weight_decay)
-    model, opt = fabric.setup(model, opt)
+    model, opt = fabric.setup(torch.compile(model) if ev.compile else model, opt)
     batches = source if isinstance(source, StoredLabels) else stream
     times, step_total = [], 0
     model.train()
@@ -116,8 +116,8 @@ def train_student(
             idx, crops, mix = batches.batch_params(epoch, step)
             x = render(images, idx, crops, mix, fabric.device)
             y = labels[idx].to(fabric.device)
-            targets = source.targets(x, y, mix, epoch, step)
-            with fabric.autocast():
+            with fabric.autocast():  # engine.precision: labels are generated at the student's precision
+                targets = source.targets(x, y, mix, epoch, step)
                 out = model(x).float()
             loss = student_loss(cfg, out, targets, source.kind, y)
             opt.zero_grad(set_to_none=True)
@@ -217,6 +217,10 @@ def build_label_sources(
                 cost[name]["formula"] += (
                     f" (top-{topk} logits + rest mean, {kept} of {ev.epochs} epochs; e replays e mod {kept})"
                 )
+    if ev.compile:
+        for src in built.values():
+            if isinstance(src, ModelLabels):
+                src.model = torch.compile(src.model)
     return built, cost
 
 

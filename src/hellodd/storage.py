@@ -12,6 +12,10 @@ stored       E * M * V * C * b_label  +  E * M * V * A * 4  +  E * ceil(M / B) *
              per batch of B images, K = 5 CutMix numbers (box and lambda, fp32) plus the
              permutation (B int32 indices, counted in K*4 as B*4 when given).  The paper counts
              only the first term (it dominates at C = 1000: <1% of the total).
+weak-        the weak teachers' checkpoint files (what labelling online with them costs)
+teachers
+compressed   the stored-label files of the ``compressed`` source (top-k logits + class indices + the mean
+             of the dropped logits per view, for the kept fraction of the epochs), from the files
 projector    the LoRA factors only: sum over adapted layers of r * (fan_in + fan_out) * 4 B (peft's
              conv LoRA: a k x k conv c_in -> r and a 1x1 conv r -> c_out, i.e. r * (c_in k^2 + c_out)),
              or the adapter file's real size.  The base encoder (public CLIP or ImageNet weights, or a
