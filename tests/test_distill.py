@@ -165,6 +165,28 @@ def test_distill_without_adaptation_drops_a_stale_adapted_projector(run, tmp_pat
     assert not stale.exists() and projector_for(cfg) == projector_path(cfg)
 
 
+def test_view_adapted_projector_is_bound_to_its_source_and_images(run, tmp_path):
+    import shutil
+
+    from hellodd.config import apply_overrides, preset
+    from hellodd.distill import adapted_projector_path, projector_for
+
+    for stage in ("teachers", "projector", "distill"):
+        shutil.copytree(run / stage, tmp_path / stage)
+    cfg = apply_overrides(preset("synthetic"), [f"out={tmp_path}"])
+    images, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
+    assert projector_for(cfg, images) == adapted_projector_path(cfg)
+    with pytest.raises(UserError, match="to other images than this set's"):
+        projector_for(cfg, images.flip(0).contiguous())
+    # stage 3 retrained (here: its file changed) after distill adapted the old adapters
+    stage3 = tmp_path / "projector" / "adapters.safetensors"
+    data = bytearray(stage3.read_bytes())
+    data[-1] ^= 1
+    stage3.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="adapted from other stage-3 adapters"):
+        projector_for(cfg, images)
+
+
 def test_same_seed_same_images(run, tmp_path):
     import shutil
 

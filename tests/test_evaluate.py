@@ -101,3 +101,10 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
         and (tmp_path / "again" / "frontier.png").is_file()
     )
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+    # the demo's evaluation: torch.compile-d student and labeller under bf16 autocast
+    fast = ["--precision", "bf16-mixed", "--set", "evaluate.compile=true", "--set", "evaluate.seeds=[0]"]
+    one = ["--set", "evaluate.label_sources=[teacher]"]
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *fast, *one]) == 0
+    rows = json.loads((ev / "results.json").read_text())
+    assert [r["source"] for r in rows] == ["teacher"] and 0 <= rows[0]["top1"] <= 100

@@ -193,5 +193,7 @@ def test_pruned_epochs_replay_a_kept_epoch(images, tmp_path):
         a, b = stored.batch_params(e, 1), stream.batch_params(e % 2, 1)
         assert torch.equal(a[0], b[0]) and torch.allclose(a[1].as_tensor(), b[1].as_tensor())
     full = tmp_path / "full"
-    write_stored_labels(full, _key(images, stream), _Linear(), images, stream, 5, "float16", "cpu")  # 5 epochs
+    write_stored_labels(
+        full, _key(images, stream), _Linear(), images, stream, 5, "float16", "cpu"
+    )  # 5 epochs
     assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in full.glob("epoch_*"))

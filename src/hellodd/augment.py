@@ -24,6 +24,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize to ``size`` x ``size``, always in float32: the kernel has no bf16 version,
+    and Fabric's bf16-mixed precision hands modules bf16 inputs, so autocast is switched off around it."""
+    with torch.autocast(x.device.type, enabled=False):
+        return F.interpolate(
+            x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(0, 1).mul(255.0).round().to(torch.uint8)
 

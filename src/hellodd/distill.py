@@ -55,7 +55,17 @@ from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_
 from hellodd.config import Config
 from hellodd.data import class_indices, load_data
 from hellodd.errors import UserError
-from hellodd.io import digest, load_state, load_tensors, save_state, save_tensors, sha256, write_json
+from hellodd.io import (
+    digest,
+    file_metadata,
+    load_state,
+    load_tensors,
+    save_state,
+    save_tensors,
+    sha256,
+    tensor_sha256,
+    write_json,
+)
 from hellodd.report import stage_dir, write_config, write_results
 
 
@@ -340,12 +350,25 @@ def adapted_projector_path(cfg: Config) -> Path:
     return distilled_dir(cfg) / ADAPTER_FILE
 
 
-def projector_for(cfg: Config) -> Path:
-    """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's."""
+def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
+    """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's.
+
+    View-adapted adapters are bound to the stage-3 file they continued (sha256) and, given ``images``, to the
+    images they were adapted to: adapters made from anything else are refused, never used."""
     from hellodd.projector import projector_path
 
-    adapted = adapted_projector_path(cfg)
-    return adapted if adapted.is_file() else projector_path(cfg)
+    adapted, stage3 = adapted_projector_path(cfg), projector_path(cfg)
+    if not adapted.is_file():
+        return stage3
+    meta = file_metadata(adapted)
+    if meta.get("adapted_from") != sha256(stage3) or (
+        images is not None and meta.get("adapted_to_images") != tensor_sha256(images)
+    ):
+        raise UserError(
+            f"{adapted}: adapted from other stage-3 adapters or to other images than this set's; "
+            "run 'hellodd distill' again (same --out and settings)"
+        )
+    return adapted
 
 
 def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:

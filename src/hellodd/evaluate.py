@@ -101,7 +101,9 @@ def train_student(
     model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
     opt = student_optimizer(model, lr, ev.weight_decay)
+    plain = model  # validation runs on the uncompiled module (same parameters): no recompile for eval mode
     model, opt = fabric.setup(torch.compile(model) if ev.compile else model, opt)
+    started = time.perf_counter()
     batches = source if isinstance(source, StoredLabels) else stream
     times, step_total = [], 0
     model.train()
@@ -129,7 +131,7 @@ def train_student(
             step_total += 1
         bar.update(1)
     bar.close()
-    val_metrics = engine.evaluate(fabric, model, val, ev.eval_batch_size, desc="val")
+    val_metrics = engine.evaluate(fabric, plain if ev.compile else model, val, ev.eval_batch_size, desc="val")
     warm = times[5:] if len(times) > 5 else times
     return {
         "source": source.name,
@@ -140,6 +142,7 @@ def train_student(
         "top5": val_metrics["top5"],
         "iterations": step_total,
         "seconds_per_iteration": statistics.median(warm),
+        "seconds": time.perf_counter() - started,  # the whole run: training, label generation, validation
         "final_loss": float(loss.item()),
         "peak_memory_mib": peak_memory_mib(fabric.device),
     }
@@ -160,23 +163,34 @@ def stored_key(images, teacher_path, stream, dtype: str, topk: int) -> dict:
     }
 
 
+ONLINE = ("teacher", "weak-teachers", "projector", "projector-transfer")  # the same for every seed
+
+
 def build_label_sources(
-    cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path
+    cfg: Config, fabric, images, stream, seed: int, num_classes: int, out: Path, cache: dict | None = None
 ) -> tuple[dict, dict]:
-    """The requested label sources for one seed, and the storage each costs (from :mod:`hellodd.storage`)."""
+    """The requested label sources for one seed, and the storage each costs (from :mod:`hellodd.storage`).
+
+    Online labellers (models, compiled with ``evaluate.compile``) do not depend on the seed: pass the same
+    ``cache`` dict for every seed and they are built once."""
     from hellodd import storage
     from hellodd.models import load_classifier
 
     ev = cfg.evaluate
+    cache = {} if cache is None else cache
     built, cost = {}, {}
-    teacher_path = None
+    teacher_path = teacher = None
     if {"teacher", "stored", "compressed"} & set(ev.label_sources):
         from hellodd.teachers import load_pool
 
         teacher_path = load_pool(cfg)["final_path"]
-        teacher = engine.frozen(fabric, load_classifier(teacher_path)[0])
+        if "_teacher" not in cache:
+            cache["_teacher"] = engine.frozen(fabric, load_classifier(teacher_path)[0])
+        teacher = cache["_teacher"]
     for name in ev.label_sources:
-        if name == "hard":
+        if name in cache:
+            built[name], cost[name] = cache[name]
+        elif name == "hard":
             built[name] = HardLabels(num_classes)
             cost[name] = storage.label_storage("hard")
         elif name == "teacher":
@@ -198,7 +212,7 @@ def build_label_sources(
 
             # projector: the adapters that go with this set (view-adapted if distill made them);
             # projector-transfer: stage 3's, for the ablation of the view adaptation
-            path = projector_for(cfg) if name == "projector" else projector_path(cfg)
+            path = projector_for(cfg, images) if name == "projector" else projector_path(cfg)
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
             built[name] = ModelLabels(name, engine.frozen(fabric, merged_for_inference(p)))
             cost[name] = storage.label_storage("projector", adapter_file=path)
@@ -217,10 +231,11 @@ def build_label_sources(
                 cost[name]["formula"] += (
                     f" (top-{topk} logits + rest mean, {kept} of {ev.epochs} epochs; e replays e mod {kept})"
                 )
-    if ev.compile:
-        for src in built.values():
-            if isinstance(src, ModelLabels):
-                src.model = torch.compile(src.model)
+    for name in ONLINE:
+        if name in built and name not in cache:
+            if ev.compile:
+                built[name].model = torch.compile(built[name].model)
+            cache[name] = built[name], cost[name]
     return built, cost
 
 
@@ -268,13 +283,13 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "evaluate")
-    rows, cost = [], {}
+    rows, cost, online = [], {}, {}
     t0 = time.perf_counter()
     for seed in ev.seeds:
         stream = student_stream(
             ev, images, cfg.engine.seed * 1000 + seed, fabric.global_rank, fabric.world_size
         )
-        sources, c = build_label_sources(cfg, fabric, images, stream, seed, bundle.num_classes, out)
+        sources, c = build_label_sources(cfg, fabric, images, stream, seed, bundle.num_classes, out, online)
         cost = cost or c
         for arch in ev.students:
             for name, src in sources.items():

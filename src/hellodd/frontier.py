@@ -128,13 +128,14 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     student = entries[0]["student"]
-    pts = [e for e in entries if e["student"] == student]
+    pts = sorted((e for e in entries if e["student"] == student), key=lambda e: e["random"])  # sets first
     positive = [e["bytes"] for e in pts if e["bytes"] > 0]
     floor = 10 ** math.floor(math.log10(min(positive) / 10)) if positive else 1.0
     sources = sorted({e["source"] for e in pts})
     colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
     many = len({e["run"] for e in pts}) > 1
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    seen = set()
     for e in pts:
         x = e["bytes"] if e["bytes"] > 0 else floor
         c = colours[e["source"]]
@@ -147,9 +148,13 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
             mfc="white" if e["random"] else c,
             ms=7,
             capsize=3,
+            label=None if e["source"] in seen else e["source"],
         )
-        label = e["source"] + (" (random subset)" if e["random"] else "") + (f" [{e['run']}]" if many else "")
-        ax.annotate(label, (x, e["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7, color=c)
+        seen.add(e["source"])
+        if many:  # several runs on one frontier: name each point's run
+            ax.annotate(
+                e["run"], (x, e["mean"]), textcoords="offset points", xytext=(6, 3), fontsize=6, color=c
+            )
     for w in whole.values():
         if w.get("top1") is not None:
             ax.axhline(w["top1"], ls="--", color="grey", lw=1)
@@ -162,13 +167,19 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
                 color="grey",
             )
     ax.set_xscale("log")
-    ax.set_xlabel(f"extra label bytes (log scale; hard labels, 0 B, drawn at {floor:g})")
+    ax.xaxis.set_major_formatter(
+        plt.FuncFormatter(
+            lambda v, _: "0 B" if math.isclose(v, floor) else f"$10^{{{round(math.log10(v))}}}$"
+        )
+    )
+    ax.set_xlabel("extra label bytes (log scale; hard labels need none)")
     ax.set_ylabel("student top-1 (%), final epoch, mean ± std over seeds")
     ipc, epochs = pts[0].get("ipc"), pts[0].get("epochs")
     ax.set_title(
         f"IPC {ipc}, {student}, {epochs} epochs: filled = distilled set, hollow = random real subset"
     )
     ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="label source", fontsize=8, title_fontsize=8, loc="lower right")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)

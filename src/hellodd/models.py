@@ -22,9 +22,9 @@ from __future__ import annotations
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from hellodd.augment import resize
 from hellodd.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,9 +56,7 @@ class InputAdapter(nn.Module):
         if self.in_channels != self.out_channels:
             x = x.expand(-1, self.out_channels, -1, -1) if self.in_channels == 1 else x.mean(1, keepdim=True)
         if self.size is not None and x.shape[-1] != self.size:
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-            )
+            x = resize(x, self.size)
         return (x - self.mean) / self.std
 
 

@@ -63,11 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import apply_cutmix, augment, mixed_one_hot, sample_cutmix, to_float
+from hellodd.augment import apply_cutmix, augment, mixed_one_hot, resize, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
 from hellodd.data import load_data, per_class_subset, subset
 from hellodd.errors import UserError
-from hellodd.io import load_state, load_tensors, save_state, save_tensors, sha256
+from hellodd.io import load_state, load_tensors, save_state, save_tensors, sha256, tensor_sha256
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
 from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
 
@@ -123,13 +123,7 @@ class Projector(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(
-                x,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+            x = resize(x, self.image_size)
         return (x - self.mean) / self.std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -819,7 +813,12 @@ def adapt_to_views(
     probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
     probe_val = engine.evaluate(fabric, proj, probe, 250, desc="val (probe)")
     path = out / ADAPTER_FILE
-    extra = {"adapted_from": source, "adapt_steps": total, "teachers": meta.get("teachers")}
+    extra = {
+        "adapted_from": source,
+        "adapted_to_images": tensor_sha256(images),
+        "adapt_steps": total,
+        "teachers": meta.get("teachers"),
+    }
     save_adapters(path, proj, pcfg, extra)
     return {
         "steps": total,
