@@ -504,8 +504,10 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 def teacher_logits(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """The weak teachers' mean raw logits on ``x`` (the transfer target z), without autograd."""
+    from hellodd.labels import MeanLogits
+
     with torch.inference_mode():
-        return torch.stack([t(x).float() for t in teachers]).mean(0)
+        return MeanLogits(teachers)(x)
 
 
 # --------------------------------------------------------------------------------------------------
