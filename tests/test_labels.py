@@ -8,6 +8,7 @@ from hellodd.errors import UserError
 from hellodd.io import digest, file_metadata
 from hellodd.labels import (
     HardLabels,
+    LabelStore,
     MeanLogits,
     ModelLabels,
     StoredLabels,
@@ -17,6 +18,7 @@ from hellodd.labels import (
     kept_epochs,
     render,
     stored_path,
+    write_label_stores,
     write_stored_labels,
 )
 
@@ -197,3 +199,33 @@ def test_pruned_epochs_replay_a_kept_epoch(images, tmp_path):
         full, _key(images, stream), _Linear(), images, stream, 5, "float16", "cpu"
     )  # 5 epochs
     assert sum(f.stat().st_size for f in files) < sum(f.stat().st_size for f in full.glob("epoch_*"))
+
+
+def test_one_teacher_pass_writes_full_and_compressed_labels(images, tmp_path):
+    stream = Stream(N, S, 4, seed=3)
+    calls = []
+
+    class Counting(_Linear):
+        def forward(self, x):
+            calls.append(len(x))
+            return super().forward(x)
+
+    full = LabelStore(tmp_path / "stored", _key(images, stream, dtype="float32"), 3, "float32")
+    top2 = LabelStore(tmp_path / "compressed", _key(images, stream, dtype="float32", topk=2), 2, "float32", 2)
+    files = write_label_stores([full, top2], Counting(), images, stream, "cpu")
+    assert [len(f) for f in files] == [3, 2]
+    assert (
+        len(calls) == 3 * stream.steps_per_epoch
+    )  # one forward per view of the longest store, not per store
+    whole = StoredLabels(full.root, stream, full.key, C, 3)
+    kept = StoredLabels(top2.root, stream, top2.key, C, 2, "compressed")
+    for e, s in ((0, 0), (1, 2)):
+        x = torch.zeros(4, 1)
+        assert torch.equal(whole.batch_params(e, s)[0], kept.batch_params(e, s)[0])
+        logits = whole.targets(x, None, None, e, s)
+        rebuilt = kept.targets(x, None, None, e, s)
+        top = logits.topk(2, 1)
+        assert torch.equal(rebuilt.gather(1, top.indices), top.values)  # the same views, the same teacher
+    calls.clear()
+    write_label_stores([full, top2], Counting(), images, stream, "cpu")
+    assert calls == []  # every file already made from these inputs: nothing recomputed

@@ -40,13 +40,14 @@ from hellodd.errors import UserError
 from hellodd.io import sha256, tensor_sha256, write_bytes
 from hellodd.labels import (
     HardLabels,
+    LabelStore,
     MeanLogits,
     ModelLabels,
     StoredLabels,
     kept_epochs,
     render,
     student_stream,
-    write_stored_labels,
+    write_label_stores,
 )
 from hellodd.models import build_model
 from hellodd.report import mib, peak_memory_mib, stage_dir, write_config, write_results
@@ -187,6 +188,17 @@ def build_label_sources(
         if "_teacher" not in cache:
             cache["_teacher"] = engine.frozen(fabric, load_classifier(teacher_path)[0])
         teacher = cache["_teacher"]
+    stores = {}  # stored and compressed: written in one teacher pass (the same views)
+    for name in ("stored", "compressed"):
+        if name in ev.label_sources:
+            topk = 0 if name == "stored" else ev.compressed_topk
+            kept = ev.epochs if name == "stored" else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
+            root = out / f"{name}-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
+            key = stored_key(images, teacher_path, stream, ev.stored_dtype, topk)
+            stores[name] = LabelStore(root, key, kept, ev.stored_dtype, topk)
+    files = dict(
+        zip(stores, write_label_stores(list(stores.values()), teacher, images, stream, fabric.device))
+    )
     for name in ev.label_sources:
         if name in cache:
             built[name], cost[name] = cache[name]
@@ -216,20 +228,14 @@ def build_label_sources(
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
             built[name] = ModelLabels(name, engine.frozen(fabric, merged_for_inference(p)))
             cost[name] = storage.label_storage("projector", adapter_file=path)
-        elif name in ("stored", "compressed"):
-            full = name == "stored"
-            topk = 0 if full else ev.compressed_topk
-            kept = ev.epochs if full else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
-            key = stored_key(images, teacher_path, stream, ev.stored_dtype, topk)
-            root = out / f"{name}-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
-            files = write_stored_labels(
-                root, key, teacher, images, stream, kept, ev.stored_dtype, fabric.device, topk
-            )
-            built[name] = StoredLabels(root, stream, key, num_classes, kept, name)
-            cost[name] = storage.label_storage("stored", stored_files=files)
-            if not full:
+        elif name in stores:
+            st = stores[name]
+            built[name] = StoredLabels(st.root, stream, st.key, num_classes, st.epochs, name)
+            cost[name] = storage.label_storage("stored", stored_files=files[name])
+            if name == "compressed":
                 cost[name]["formula"] += (
-                    f" (top-{topk} logits + rest mean, {kept} of {ev.epochs} epochs; e replays e mod {kept})"
+                    f" (top-{st.topk} logits + rest mean, {st.epochs} of {ev.epochs} epochs; "
+                    f"e replays e mod {st.epochs})"
                 )
     for name in ONLINE:
         if name in built and name not in cache:

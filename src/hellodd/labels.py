@@ -27,6 +27,7 @@ projector  logits of the HeLlO projector (base + LoRA merged), online, under inf
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -165,6 +166,68 @@ def decompress(d: dict[str, torch.Tensor], rows: slice, num_classes: int) -> tor
     return out.scatter_(1, classes, values)
 
 
+@dataclass(frozen=True)
+class LabelStore:
+    """One folder of stored labels: the first ``epochs`` epochs of a stream, top-``topk`` logits (0: all)."""
+
+    root: Path
+    key: dict
+    epochs: int
+    dtype: str = "float16"
+    topk: int = 0
+
+
+def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, stream: Stream, device):
+    """FKD-style relabel: for every epoch and step, the teacher's logits on the exact augmented batch.
+
+    One teacher pass serves every store: they replay the same stream, so epoch e's views are the same in each
+    (the full and the compressed labels of one seed share their forwards).  A store's ``key`` names
+    everything its labels depend on (images, teacher checkpoint, stream settings, dtype, top-k); its digest
+    is written into every file.  A file with another digest was made for other inputs: it is rewritten,
+    never reused.  Finished files with the right digest are kept (the writing resumes).  Returns each
+    store's files.
+    """
+    tags = [digest(st.key) for st in stores]
+    for st, tag in zip(stores, tags):
+        st.root.mkdir(parents=True, exist_ok=True)
+        write_json(st.root / "key.json", {"digest": tag, **st.key})
+    stale = [0] * len(stores)
+    for e in range(max((st.epochs for st in stores), default=0)):
+        need = []
+        for i, st in enumerate(stores):
+            path = stored_path(st.root, e)
+            if e >= st.epochs or (path.is_file() and file_metadata(path).get("key") == tags[i]):
+                continue
+            stale[i] += path.is_file()
+            need.append(i)
+        if not need:
+            continue
+        shared: dict[str, list] = {"indices": [], "crops": [], "cutmix": [], "perm": []}
+        own: dict[int, dict[str, list]] = {i: {} for i in need}
+        for s in range(stream.steps_per_epoch):
+            idx, crops, mix = stream.batch_params(e, s)
+            x = render(images, idx, crops, mix, device)
+            with torch.inference_mode():
+                logits = teacher(x).float().cpu()
+            shared["indices"].append(idx.to(torch.int32))
+            shared["crops"].append(crops.as_tensor())
+            shared["cutmix"].append(
+                (mix.as_tensor() if mix else torch.zeros(5, dtype=torch.float64)).float()[None]
+            )
+            shared["perm"].append((mix.perm if mix else torch.arange(len(idx))).to(torch.int32)[None])
+            for i in need:
+                st = stores[i]
+                for k, v in compress(logits, st.topk or logits.shape[1], getattr(torch, st.dtype)).items():
+                    own[i].setdefault(k, []).append(v)
+        for i in need:
+            tensors = {k: torch.cat(v) for k, v in {**shared, **own[i]}.items()}
+            save_tensors(stored_path(stores[i].root, e), tensors, {"epoch": e, "key": tags[i]})
+    for st, n in zip(stores, stale):
+        if n:
+            print(f"hellodd: {st.root}: {n} stored-label file(s) were made from other inputs; rewritten")
+    return [[stored_path(st.root, e) for e in range(st.epochs)] for st in stores]
+
+
 def write_stored_labels(
     root: Path,
     key: dict,
@@ -176,42 +239,10 @@ def write_stored_labels(
     device,
     topk: int = 0,
 ) -> list[Path]:
-    """FKD-style relabel: for every epoch and step, the teacher's logits on the exact augmented batch.
-
-    ``key`` names everything the labels depend on (images, teacher checkpoint, stream settings, dtype, top-k);
-    its digest is written into every file.  A file with another digest was made for other inputs: it is
-    rewritten, never reused.  Finished files with the right digest are kept (the writing resumes).
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    tag = digest(key)
-    write_json(root / "key.json", {"digest": tag, **key})
-    files, stale = [], 0
-    for e in range(epochs):
-        path = stored_path(root, e)
-        files.append(path)
-        if path.is_file():
-            if file_metadata(path).get("key") == tag:
-                continue
-            stale += 1
-        rows: dict[str, list] = {"indices": [], "crops": [], "cutmix": [], "perm": []}
-        for s in range(stream.steps_per_epoch):
-            idx, crops, mix = stream.batch_params(e, s)
-            x = render(images, idx, crops, mix, device)
-            with torch.inference_mode():
-                logits = teacher(x).float().cpu()
-            rows["indices"].append(idx.to(torch.int32))
-            rows["crops"].append(crops.as_tensor())
-            rows["cutmix"].append(
-                (mix.as_tensor() if mix else torch.zeros(5, dtype=torch.float64)).float()[None]
-            )
-            rows["perm"].append((mix.perm if mix else torch.arange(len(idx))).to(torch.int32)[None])
-            for k, v in compress(logits, topk or logits.shape[1], getattr(torch, dtype)).items():
-                rows.setdefault(k, []).append(v)
-        tensors = {k: torch.cat(v) for k, v in rows.items()}
-        save_tensors(path, tensors, {"epoch": e, "key": tag})
-    if stale:
-        print(f"hellodd: {root}: {stale} stored-label file(s) were made from other inputs; rewritten")
-    return files
+    """:func:`write_label_stores` for one store."""
+    return write_label_stores(
+        [LabelStore(Path(root), key, epochs, dtype, topk)], teacher, images, stream, device
+    )[0]
 
 
 class StoredLabels:

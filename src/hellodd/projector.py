@@ -113,6 +113,9 @@ class Projector(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.normalize, self.image_size, self.classes, self.info = normalize, image_size, list(classes), info
         self.requires_grad_(False)
+        # channels-last convolution weights (activations follow): EfficientNet-Lite0's depthwise layers run
+        # 1.2x faster per LoRA training step and 1.7x per eager labelling batch on this CPU (README, Performance)
+        self.encoder.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -424,7 +427,7 @@ def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: 
 
 def adapter_tensors(p: nn.Module) -> dict[str, torch.Tensor]:
     p = getattr(p, "module", p)
-    return {n: t.detach() for n, t in p.named_parameters() if "lora_" in n}
+    return {n: t.detach().contiguous() for n, t in p.named_parameters() if "lora_" in n}
 
 
 def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None = None) -> int:
@@ -599,9 +602,12 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None
 
 
 def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module], x, y, ce_weight: float):
-    """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``."""
-    z = teacher_logits(teachers, x)
+    """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``.
+
+    The teachers run under the same autocast as the projector, as they do when they label a student's batch.
+    """
     with fabric.autocast():
+        z = teacher_logits(teachers, x).float()
         logits = proj(x).float()
     mse = F.mse_loss(logits, z.clone())
     ce = F.cross_entropy(logits, y)
