@@ -28,18 +28,19 @@ def measure(out: str, sources: list[str], iters: int, student: str, preset: str)
     from lightning_fabric import Fabric
 
     from hellodd import config as C
-    from hellodd.distill import distilled_dir, load_distilled
+    from hellodd.distill import distilled_dir
     from hellodd.evaluate import build_label_sources, student_loss
     from hellodd.labels import StoredLabels, Stream, render
     from hellodd.models import build_model
     from hellodd.report import peak_memory_mib
+    from hellodd.sets import read_set
 
     cfg = C.apply_overrides(
         C.preset(preset),
         [f"out={out}", f"evaluate.label_sources={','.join(sources)}", f"evaluate.epochs={iters + 5}"],
     )
     fabric = Fabric(accelerator="auto", devices=1)
-    images, labels, manifest = load_distilled(distilled_dir(cfg))
+    images, labels, manifest = read_set(distilled_dir(cfg))
     stream = Stream(len(images), images.shape[-1], cfg.evaluate.batch_size, 0)
     scratch = Path(tempfile.mkdtemp(prefix="hellodd-bench-"))  # stored labels for the timed iterations
     built, cost = build_label_sources(cfg, fabric, images, stream, 0, len(manifest["classes"]), scratch)

@@ -20,14 +20,15 @@ import torch
 
 def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -> dict[str, dict]:
     from hellodd import config as C
-    from hellodd.distill import distilled_dir, load_distilled, projector_for
+    from hellodd.distill import distilled_dir, projector_for
     from hellodd.labels import Stream, render
     from hellodd.models import load_classifier
     from hellodd.projector import load_projector, merged_for_inference, weak_teachers
+    from hellodd.sets import read_set
     from hellodd.teachers import load_pool
 
     cfg = C.apply_overrides(C.preset(preset), [f"out={out}"])
-    images, _, _ = load_distilled(distilled_dir(cfg))
+    images, _, _ = read_set(distilled_dir(cfg))
     pool = load_pool(cfg)
     path = Path(adapters) if adapters else projector_for(cfg)
     models = {

@@ -8,8 +8,9 @@ import torch
 
 from conftest import PYTHON, cli_env
 from hellodd.cli import main
-from hellodd.distill import load_distilled, rded_class, stitch, unstitch
+from hellodd.distill import rded_class, stitch, unstitch
 from hellodd.errors import UserError
+from hellodd.sets import read_set
 
 
 @pytest.mark.parametrize("ipc, factor", [(1, 1), (3, 1), (2, 2), (1, 3)])
@@ -58,7 +59,7 @@ def run(tmp_path_factory):
 
 def test_outputs_shapes_range_and_manifest(run):
     d = run / "distill" / "ipc2-rded-update"
-    images, labels, meta = load_distilled(d)
+    images, labels, meta = read_set(d)
     assert images.shape == (8, 3, 16, 16) and images.dtype == torch.uint8
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     manifest = json.loads((d / "manifest.json").read_text())
@@ -95,11 +96,11 @@ def test_cached_selection_is_bound_to_its_settings(run, tmp_path, capsys):
         shutil.copytree(run / stage, tmp_path / stage)
     args = ["distill", "--preset", "synthetic", "--out", str(tmp_path), "--set", "distill.update=false"]
     assert main(args) == 0
-    first, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded")
+    first, _, _ = read_set(tmp_path / "distill" / "ipc2-rded")
     assert main(args) == 0 and "selecting afresh" not in capsys.readouterr().out  # same inputs: reused
     assert main([*args, "--set", "distill.crop_min_scale=1.0"]) == 0
     assert "init.safetensors was made from other inputs; selecting afresh" in capsys.readouterr().out
-    whole, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded")
+    whole, _, _ = read_set(tmp_path / "distill" / "ipc2-rded")
     assert not torch.equal(first, whole)
 
 
@@ -112,15 +113,15 @@ def test_update_lowers_the_objective_and_the_disagreement(run):
 def test_baselines_random_and_rded_without_update(run):
     assert main(["distill", "--preset", "synthetic", "--out", str(run), "--set", "distill.init=random"]) == 0
     assert main(["distill", "--preset", "synthetic", "--out", str(run), "--set", "distill.update=false"]) == 0
-    rnd, labels, _ = load_distilled(run / "distill" / "ipc2-random")
+    rnd, labels, _ = read_set(run / "distill" / "ipc2-random")
     from hellodd.config import preset
     from hellodd.data import load_data
 
     train = load_data(preset("synthetic").data).train
     real = {bytes(x.flatten().tolist()) for x in train.images}
     assert all(bytes(x.flatten().tolist()) in real for x in rnd)  # random real images, untouched
-    plain, _, _ = load_distilled(run / "distill" / "ipc2-rded")
-    updated, _, _ = load_distilled(run / "distill" / "ipc2-rded-update")
+    plain, _, _ = read_set(run / "distill" / "ipc2-rded")
+    updated, _, _ = read_set(run / "distill" / "ipc2-rded-update")
     assert not torch.equal(plain, updated)
 
 
@@ -136,7 +137,7 @@ def test_view_adaptation_brings_the_projector_closer_to_its_teachers(run, tmp_pa
     assert (
         projector_for(cfg) == run / "distill" / "ipc2-rded-update" / "adapters.safetensors"
     )  # the run made it
-    images, labels, _ = load_distilled(run / "distill" / "ipc2-rded-update")
+    images, labels, _ = read_set(run / "distill" / "ipc2-rded-update")
     m = adapt_projector(cfg, engine.make_fabric(cfg.engine), images, labels, load_data(cfg.data), tmp_path)
     assert m["steps"] == 20 and m["held_out_views"] >= 1000
     assert m["agreement_after"]["logit_mse"] < m["agreement_before"]["logit_mse"]
@@ -174,7 +175,7 @@ def test_view_adapted_projector_is_bound_to_its_source_and_images(run, tmp_path)
     for stage in ("teachers", "projector", "distill"):
         shutil.copytree(run / stage, tmp_path / stage)
     cfg = apply_overrides(preset("synthetic"), [f"out={tmp_path}"])
-    images, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
+    images, _, _ = read_set(tmp_path / "distill" / "ipc2-rded-update")
     assert projector_for(cfg, images) == adapted_projector_path(cfg)
     with pytest.raises(UserError, match="to other images than this set's"):
         projector_for(cfg, images.flip(0).contiguous())
@@ -193,8 +194,8 @@ def test_same_seed_same_images(run, tmp_path):
     shutil.copytree(run / "teachers", tmp_path / "teachers")
     shutil.copytree(run / "projector", tmp_path / "projector")
     assert main(["distill", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
-    a, _, _ = load_distilled(run / "distill" / "ipc2-rded-update")
-    b, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
+    a, _, _ = read_set(run / "distill" / "ipc2-rded-update")
+    b, _, _ = read_set(tmp_path / "distill" / "ipc2-rded-update")
     assert torch.equal(a, b)
 
 
@@ -222,8 +223,8 @@ def test_killed_update_resumes_to_the_same_images(run, tmp_path):
     for stage in ("teachers", "projector"):
         shutil.copytree(run / stage, ref / stage)
     assert subprocess.run([*cmd[:7], str(ref), *cmd[8:]], env=cli_env(), timeout=300).returncode == 0
-    a, _, _ = load_distilled(tmp_path / "distill" / "ipc2-rded-update")
-    b, _, _ = load_distilled(ref / "distill" / "ipc2-rded-update")
+    a, _, _ = read_set(tmp_path / "distill" / "ipc2-rded-update")
+    b, _, _ = read_set(ref / "distill" / "ipc2-rded-update")
     assert torch.equal(a, b)
 
 
@@ -248,8 +249,28 @@ def test_killed_view_adaptation_resumes_to_the_same_adapters(run, tmp_path):
 
 
 def test_missing_or_damaged_distilled_set(tmp_path):
-    with pytest.raises(UserError, match="file not found"):
-        load_distilled(tmp_path)
+    with pytest.raises(UserError, match="no distilled set"):
+        read_set(tmp_path)
     (tmp_path / "images.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a readable safetensors"):
-        load_distilled(tmp_path)
+        read_set(tmp_path)
+
+
+def test_adaptation_state_of_other_images_is_never_resumed(run, tmp_path, capsys):
+    """Reselected images (another candidate pool) in the same folder: the finished adaptation of the old
+    images is discarded, and the adapters equal a fresh run's."""
+    import shutil
+
+    from hellodd.io import load_tensors
+
+    for stage in ("teachers", "projector", "distill"):
+        shutil.copytree(run / stage, tmp_path / "stale" / stage)
+    for stage in ("teachers", "projector"):
+        shutil.copytree(run / stage, tmp_path / "fresh" / stage)
+    args = ["distill", "--preset", "synthetic", "--set", "distill.candidates_per_class=8"]
+    assert main([*args, "--out", str(tmp_path / "stale")]) == 0
+    assert "adapt_state.pt was made from other inputs; adapting afresh" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "fresh")]) == 0
+    a, _ = load_tensors(tmp_path / "stale" / "distill" / "ipc2-rded-update" / "adapters.safetensors")
+    b, _ = load_tensors(tmp_path / "fresh" / "distill" / "ipc2-rded-update" / "adapters.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

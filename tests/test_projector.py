@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.projector import (
-    _register_model_configs,
     adapter_tensors,
     add_adapters,
     agreement,
@@ -18,6 +17,7 @@ from hellodd.projector import (
     prompt_templates,
     save_adapters,
 )
+from hellodd.projector.bases import _register_model_configs
 
 TINY = "clip:hellodd-RN-tiny"
 CLASSES = ["cat", "dog", "truck"]
@@ -211,3 +211,31 @@ def test_transfer_batch_cutmix_relabels_mixed_images(prob):
             expected[i, y[j]] += (src == j).float().mean()
     assert torch.allclose(ya, expected, atol=1e-6)
     assert (expected.max(1).values < 1).any()  # the box really moved pixels between images
+
+
+def test_adapters_refuse_a_base_checkpoint_with_another_hash(tmp_path):
+    import open_clip
+
+    _register_model_configs()
+    torch.manual_seed(0)
+    model = open_clip.create_model("hellodd-RN-tiny", pretrained=None)
+    ckpt, other = tmp_path / "base.pt", tmp_path / "other.pt"
+    torch.save(model.state_dict(), ckpt)
+    pcfg = tiny(random_init=False, checkpoint=str(ckpt))
+    p = build_base(pcfg, CLASSES, tmp_path)
+    add_adapters(p, pcfg.encoder_rank, pcfg.head_rank)
+    _perturb(p)
+    save_adapters(tmp_path / "a.safetensors", p, pcfg)
+    moved = tmp_path / "moved.pt"
+    ckpt.rename(moved)  # another machine: the recorded path is gone, the user names the file
+    with pytest.raises(UserError, match="needs its base checkpoint"):
+        load_projector(tmp_path / "a.safetensors", cache_dir=tmp_path)
+    q = load_projector(tmp_path / "a.safetensors", cache_dir=tmp_path, checkpoint=moved)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(q(x), p.eval()(x), atol=1e-5)
+    with torch.no_grad():
+        model.visual.conv1.weight.add_(0.01)
+    torch.save(model.state_dict(), other)
+    with pytest.raises(UserError, match="other.pt: not the base checkpoint"):
+        load_projector(tmp_path / "a.safetensors", cache_dir=tmp_path, checkpoint=other)

@@ -7,6 +7,8 @@
     hellodd evaluate   stage 5: students trained on the distilled set with each label source
     hellodd storage    bytes of every label source, at this run's scale and at the paper's
     hellodd report     the storage-accuracy frontier of one or more runs (table and plot)
+    hellodd export     a distilled set and its adapters as one folder anyone opens with hellodd.load
+    hellodd verify     check an export part by part and rebuild its labeller
 
 Bad input prints one line, ``hellodd: error: ...``, and exits with code 2.
 """
@@ -65,7 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run every stage in order")
-    sub.add_parser("teachers", parents=[common], help="train the teacher trajectory (model pool)")
+    te = sub.add_parser("teachers", parents=[common], help="train the teacher trajectory (model pool)")
+    te.add_argument(
+        "--import",
+        dest="import_paths",
+        nargs="+",
+        metavar="CKPT",
+        help="build the pool from existing checkpoints instead (files, folders, or PATH@EPOCH)",
+    )
     sub.add_parser("projector", parents=[common], help="build the projector and train its LoRA adapters")
     sub.add_parser("distill", parents=[common], help="make the distilled images")
     sub.add_parser("evaluate", parents=[common], help="train students with each label source")
@@ -73,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--paper", action="store_true", help="the paper's ImageNet settings (builds the real adapters)"
     )
+    ex = sub.add_parser("export", parents=[common], help="package a distilled set and its light labels")
+    ex.add_argument("--to", help="export folder (default: <out>/export/<preset>-<set>)")
+    ex.add_argument("--tar", action="store_true", help="also write <folder>.tar")
+    ex.add_argument("--png", action="store_true", help="also include the images as an ImageFolder PNG tree")
+    vf = sub.add_parser("verify", help="check an export (folder or .tar) and rebuild its labeller")
+    vf.add_argument("export", metavar="EXPORT", help="a folder or .tar written by 'hellodd export'")
+    vf.add_argument("--base-checkpoint", help="the base checkpoint file, for a pretrained CLIP base")
     rp = sub.add_parser("report", help="table and plot of top-1 against label bytes for one or more runs")
     rp.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders (each with evaluate/<set>/metrics.json)"
@@ -121,6 +137,18 @@ def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
         runs = [Path(r) for r in args.runs]
         print(write_report(runs, Path(args.to) if args.to else runs[0])["table"])
         return
+    if command == "verify":
+        from hellodd.lightset import load
+
+        ds = load(args.export, args.base_checkpoint)
+        ds.labeller("cpu")
+        print(f"{ds!r}: every part matches the manifest; the labeller builds")
+        return
+    if command == "export":
+        from hellodd.export import run_export
+
+        print(run_export(cfg, args.to, args.tar, args.png)["summary"])
+        return
     if command == "storage":
         from hellodd import storage
 
@@ -131,6 +159,10 @@ def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
         from hellodd.pipeline import run_all
 
         results = run_all(cfg, fabric)
+    elif command == "teachers" and args.import_paths:
+        from hellodd.pool_import import import_teachers
+
+        results = {"teachers": import_teachers(cfg, fabric, args.import_paths)}
     else:
         results = run_stage(cfg, fabric, command)
     if fabric.is_global_zero:
@@ -156,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
-        cfg = None if args.command == "report" else build_config(args)
+        cfg = None if args.command in ("report", "verify") else build_config(args)
         dispatch(cfg, args.command, args)
     except UserError as e:
         print(f"hellodd: error: {e}", file=sys.stderr)

@@ -105,7 +105,10 @@ class DistillConfig:
     """RDED initialisation (Sun et al. 2024) + the projector-aware update (supplement A.5)."""
 
     ipc: int = 10
-    init: str = "rded"  # rded | random (random real images per class)
+    init: str = (
+        "rded"  # rded | random (random real images per class) | folder (distill.images, made elsewhere)
+    )
+    images: str = ""  # init=folder: an ImageFolder of distilled images (selection and update are skipped)
     update: bool = True  # run the image update after the initialisation
     factor: int = 2  # patches per side stitched into one image (1 = no stitching)
     candidates_per_class: int = 300
@@ -491,7 +494,12 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.distill.ipc >= 1, "distill.ipc", "at least 1"),
         (cfg.distill.factor >= 1, "distill.factor", "at least 1"),
-        (cfg.distill.init in ("rded", "random"), "distill.init", "rded or random"),
+        (cfg.distill.init in ("rded", "random", "folder"), "distill.init", "rded, random or folder"),
+        (
+            cfg.distill.init != "folder" or bool(cfg.distill.images),
+            "distill.images",
+            "a folder (init=folder)",
+        ),
         (
             cfg.distill.candidates_per_class >= 1 and cfg.distill.crops_per_image >= 1,
             "distill.candidates_per_class",

@@ -261,3 +261,54 @@ def load_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
 def class_indices(targets: torch.Tensor, c: int) -> torch.Tensor:
     return torch.nonzero(targets == c).flatten()
+
+
+def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distilled images made elsewhere (SRe2L, RDED, G-VBSM releases, a random subset), as an ImageFolder tree.
+
+    Class folders are matched to the data's classes by readable name, by hellodd's own ``003_dress`` PNG-tree
+    names, or by WordNet ID; every class must be present.  Images are resized and centre-cropped to the
+    data's resolution and converted to its channels.  Returns uint8 images ``[N, C, S, S]`` and labels.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision import transforms
+
+    from hellodd.classnames import readable_names
+    from hellodd.sets import class_folder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--set distill.images={root}: folder not found")
+    folders = sorted(d for d in root.iterdir() if d.is_dir())
+    index = {}
+    for c, name in enumerate(bundle.classes):
+        index.update({name: c, class_folder(c, name): c})
+    labels_of = {}
+    for d in folders:
+        c = index.get(d.name, index.get(readable_names([d.name])[0]))
+        if c is None:
+            raise UserError(f"{d}: no class of the {bundle.source} data is called {d.name!r}")
+        if c in labels_of.values():
+            raise UserError(f"{d}: a second folder for class {bundle.classes[c]!r}")
+        labels_of[d] = c
+    missing = sorted(set(range(bundle.num_classes)) - set(labels_of.values()))
+    if missing:
+        raise UserError(
+            f"{root}: no folder for class {bundle.classes[missing[0]]!r} ({len(missing)} missing)"
+        )
+    size = bundle.image_size
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    images, labels = [], []
+    for d, c in labels_of.items():
+        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise UserError(f"{d}: empty class folder")
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    img = img.convert("L" if bundle.channels == 1 else "RGB")
+                    images.append(tf(img))
+            except (UnidentifiedImageError, OSError) as e:
+                raise UserError(f"{f}: not a readable image ({str(e).splitlines()[0][:120]})") from None
+            labels.append(c)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)

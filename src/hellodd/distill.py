@@ -32,7 +32,11 @@ View adaptation (hellodd's, not the paper's; ``distill.adapt_steps`` > 0): the p
 the weak-teacher transfer on the students' views of the final images (:func:`hellodd.projector.adapt_to_views`);
 the result, ``adapters.safetensors`` beside the images, is what labels this set (:func:`projector_for`).
 
-Outputs in ``<out>/distill/ipc<IPC>-<variant>/`` (variant ``random`` | ``rded`` | ``rded-update``):
+Someone else's distilled images (``distill.init=folder``, an ImageFolder in ``distill.images``) skip selection
+and update; the view adaptation and everything after treat them like ours.
+
+Outputs (the format is :mod:`hellodd.sets`'s) in ``<out>/distill/ipc<IPC>-<variant>/`` (variant ``random`` |
+``rded`` | ``rded-update`` | ``folder``):
 ``images.safetensors`` (uint8 images + int64 labels, manifest as metadata), ``manifest.json``, an
 ImageFolder tree of PNGs under ``png/``, ``contact_sheet.png``, the view-adapted ``adapters.safetensors``
 (when ``adapt_steps`` > 0), and config/metrics/storage JSON.
@@ -50,28 +54,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hellodd import engine
+from hellodd import engine, sets
 from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_uint8
 from hellodd.config import Config
 from hellodd.data import class_indices, load_data
 from hellodd.errors import UserError
 from hellodd.io import (
     digest,
-    file_metadata,
     load_state,
     load_tensors,
     save_state,
     save_tensors,
     sha256,
-    tensor_sha256,
-    write_json,
 )
 from hellodd.report import stage_dir, write_config, write_results
 
 
 def variant(cfg: Config) -> str:
     d = cfg.distill
-    return "random" if d.init == "random" else ("rded-update" if d.update else "rded")
+    if d.init in ("random", "folder"):
+        return d.init  # no image update on either: real images, or someone else's finished set
+    return "rded-update" if d.update else "rded"
 
 
 def distilled_dir(cfg: Config) -> Path:
@@ -268,63 +271,6 @@ def image_update(
 
 
 # --------------------------------------------------------------------------------------------------
-# outputs
-
-
-def contact_sheet(
-    images: torch.Tensor, labels: torch.Tensor, classes: list[str], path: Path, scale: int = 2
-) -> None:
-    """Every image, one row per class with its name on the left."""
-    from PIL import Image, ImageDraw
-
-    ncls = len(classes)
-    per = max(int((labels == c).sum()) for c in range(ncls))
-    s = images.shape[-1] * scale
-    pad, label_w = 2, 110
-    sheet = Image.new("RGB", (label_w + per * (s + pad), ncls * (s + pad)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c in range(ncls):
-        y = c * (s + pad)
-        draw.text((4, y + s // 2 - 6), classes[c][:18], fill="black")
-        for i, img in enumerate(images[labels == c]):
-            arr = img.expand(3, -1, -1).permute(1, 2, 0).numpy()
-            tile = Image.fromarray(arr).resize((s, s), Image.NEAREST)
-            sheet.paste(tile, (label_w + i * (s + pad), y))
-    with open(path.with_suffix(".tmp.png"), "wb") as f:
-        sheet.save(f, format="PNG")
-    os.replace(path.with_suffix(".tmp.png"), path)
-
-
-def write_png_tree(images: torch.Tensor, labels: torch.Tensor, classes: list[str], root: Path) -> int:
-    from PIL import Image
-
-    total = 0
-    counters: dict[int, int] = {}
-    for img, y in zip(images, labels.tolist()):
-        i = counters.get(y, 0)
-        counters[y] = i + 1
-        name = "".join(ch if ch.isalnum() else "_" for ch in classes[y]).strip("_")
-        d = root / f"{y:03d}_{name}"
-        d.mkdir(parents=True, exist_ok=True)
-        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-        p = d / f"{i:04d}.png"
-        Image.fromarray(arr).save(p)
-        total += p.stat().st_size
-    return total
-
-
-def load_distilled(directory) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Images (uint8 [N,C,H,W]), labels (int64 [N]) and manifest of a distilled set written by this stage."""
-    path = Path(directory) / "images.safetensors"
-    tensors, meta = load_tensors(path)
-    if "images" not in tensors or "labels" not in tensors or tensors["images"].dtype != torch.uint8:
-        raise UserError(f"{path}: not a hellodd distilled set (needs uint8 'images' and 'labels')")
-    if len(tensors["images"]) != len(tensors["labels"]):
-        raise UserError(f"{path}: {len(tensors['images'])} images but {len(tensors['labels'])} labels")
-    return tensors["images"], tensors["labels"].long(), meta
-
-
-# --------------------------------------------------------------------------------------------------
 # the stage
 
 SELECTION_FIELDS = ("init", "ipc", "factor", "candidates_per_class", "crops_per_image", "crop_min_scale")
@@ -343,11 +289,27 @@ def init_inputs(cfg: Config, observer_path: str | None) -> dict:
     }
 
 
+def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """``distill.init=folder``: someone else's distilled images (an ImageFolder), IPC per class exactly."""
+    from hellodd.data import load_image_set
+
+    d = cfg.distill
+    images, labels = load_image_set(d.images, bundle)
+    counts = torch.bincount(labels, minlength=bundle.num_classes)
+    if (counts != d.ipc).any():
+        hint = (
+            f"--set distill.ipc={int(counts[0])}" if (counts == counts[0]).all() else "the same count in each"
+        )
+        raise UserError(
+            f"--set distill.images={d.images}: {int(counts.min())} to {int(counts.max())} images per class, "
+            f"not distill.ipc={d.ipc} ({hint})"
+        )
+    return to_float(images), labels
+
+
 def adapted_projector_path(cfg: Config) -> Path:
     """Where distill writes the view-adapted adapters of this distilled set."""
-    from hellodd.projector import ADAPTER_FILE
-
-    return distilled_dir(cfg) / ADAPTER_FILE
+    return distilled_dir(cfg) / sets.ADAPTER_FILE
 
 
 def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
@@ -357,18 +319,7 @@ def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
     images they were adapted to: adapters made from anything else are refused, never used."""
     from hellodd.projector import projector_path
 
-    adapted, stage3 = adapted_projector_path(cfg), projector_path(cfg)
-    if not adapted.is_file():
-        return stage3
-    meta = file_metadata(adapted)
-    if meta.get("adapted_from") != sha256(stage3) or (
-        images is not None and meta.get("adapted_to_images") != tensor_sha256(images)
-    ):
-        raise UserError(
-            f"{adapted}: adapted from other stage-3 adapters or to other images than this set's; "
-            "run 'hellodd distill' again (same --out and settings)"
-        )
-    return adapted
+    return sets.adapters_for(distilled_dir(cfg), projector_path(cfg), images)
 
 
 def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:
@@ -402,12 +353,15 @@ def run_distill(cfg: Config, fabric) -> dict:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.engine.seed)
         targets = bundle.train.targets
-        observer_path = load_pool(cfg)["final_path"] if d.init == "rded" or d.update else None
+        observer_path = load_pool(cfg)["final_path"] if d.init == "rded" else None
         observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
         init_key = digest(init_inputs(cfg, observer_path))
         init_path = out / "init.safetensors"
-        cached = load_tensors(init_path) if init_path.exists() else None
-        if cached and cached[1].get("key") == init_key:
+        cached = load_tensors(init_path) if init_path.exists() and d.init != "folder" else None
+        if d.init == "folder":
+            images, labels = outside_images(cfg, bundle)
+            full = images
+        elif cached and cached[1].get("key") == init_key:
             t = cached[0]
             images, labels, full = t["images"], t["labels"], t["full_patches"]
         else:
@@ -492,22 +446,15 @@ def run_distill(cfg: Config, fabric) -> dict:
             "classes": bundle.classes,
             "ipc": d.ipc,
             "variant": variant(cfg),
-            "source": f"{cfg.data.name}: {bundle.source}",
+            "source": f"{d.images} (made elsewhere)"
+            if d.init == "folder"
+            else f"{cfg.data.name}: {bundle.source}",
             "seed": cfg.engine.seed,
             "resolution": list(images_u8.shape[1:]),
             "factor": d.factor,
             "count": len(images_u8),
         }
-        save_tensors(out / "images.safetensors", {"images": images_u8, "labels": labels}, manifest)
-        png_bytes = write_png_tree(images_u8, labels, bundle.classes, out / "png")
-        contact_sheet(images_u8, labels, bundle.classes, out / "contact_sheet.png")
-        manifest["bytes"] = {
-            "images.safetensors": (out / "images.safetensors").stat().st_size,
-            "png_total": png_bytes,
-            "raw_uint8": images_u8.numel(),
-        }
-        manifest["images_sha256"] = sha256(out / "images.safetensors")
-        write_json(out / "manifest.json", manifest)
+        manifest = sets.write_set(out, images_u8, labels, manifest)
         metrics["seconds"] = time.perf_counter() - t0
         metrics["manifest"] = manifest
         write_results(out, metrics, {"what": "distilled images", **manifest["bytes"]})

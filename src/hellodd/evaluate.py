@@ -273,16 +273,17 @@ def evaluate_dir(cfg: Config) -> Path:
 
 
 def run_evaluate(cfg: Config, fabric) -> dict:
-    from hellodd.distill import distilled_dir, load_distilled
+    from hellodd.distill import distilled_dir
+    from hellodd.sets import read_set
 
     ev = cfg.evaluate
     out = evaluate_dir(cfg)
     d = distilled_dir(cfg)
-    if not (d / "images.safetensors").is_file():
+    if not d.is_dir():
         raise UserError(
             f"{d}: no distilled set; run 'hellodd distill' first (same --out and distill settings)"
         )
-    images, labels, manifest = load_distilled(d)
+    images, labels, manifest = read_set(d)
     bundle = load_data(cfg.data, cfg.engine.seed)
     if manifest.get("classes") != bundle.classes:
         raise UserError(f"{d}: distilled for other classes than the {cfg.data.name} data in this config")
@@ -313,6 +314,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     metrics = {
         "distilled_set": str(d),
         "set": d.name,
+        "images_sha256": tensor_sha256(images),  # results belong to these images (an export checks it)
         "ipc": cfg.distill.ipc,
         "epochs": ev.epochs,
         "rows": rows,

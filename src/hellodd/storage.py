@@ -85,11 +85,11 @@ def paper_adapter(
     import torch
 
     from hellodd.config import ProjectorConfig
-    from hellodd.projector import Projector, _attnpool_forward, adapter_tensors, add_adapters  # noqa: F401
+    from hellodd.projector import Projector, adapter_tensors, add_adapters
+    from hellodd.projector.bases import _patch_attention_pools
 
     torch.manual_seed(0)
     visual = open_clip.create_model(arch, pretrained=None).visual
-    from hellodd.projector import _patch_attention_pools
 
     _patch_attention_pools(visual)
     dim = visual.output_dim

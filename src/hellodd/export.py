@@ -1,0 +1,264 @@
+"""``hellodd export``: a distilled set with its light labels, as one self-describing folder anyone can load.
+
+::
+
+    <name>/manifest.json          format and versions, classes, the base recipe, preprocessing, the student
+                                  views the adapters were fitted to, the loss the labels are meant for, the
+                                  bytes and sha256 of every part, and the set's measured results
+    <name>/README.md              a card: what the set is and how to load it
+    <name>/images.safetensors     the uint8 images and their labels
+    <name>/adapters.safetensors   the LoRA adapters that label these images (all the labels' bytes)
+    <name>/base/<head file>       the base head's initialisation, derived from the public base and the class
+                                  names (recomputable; carried so loading needs no text tower or MiniLM)
+    <name>/png/<class>/*.png      optional (``--png``): the images as an ImageFolder tree
+
+``--tar`` also writes ``<name>.tar`` beside the folder.  :func:`hellodd.load` opens either, checks every
+part against the manifest and rebuilds the labeller.  The folder is assembled under a temporary name and
+renamed into place, so an interrupted export never leaves a half-written set behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import statistics
+import tarfile
+from pathlib import Path
+
+from hellodd import __version__
+from hellodd.config import Config
+from hellodd.errors import UserError
+from hellodd.io import atomic_path, file_metadata, read_json, tensor_sha256, write_bytes, write_json
+from hellodd.sets import (
+    ADAPTER_FILE,
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
+    IMAGES_FILE,
+    MANIFEST_FILE,
+    file_record,
+    read_set,
+    sealed,
+    write_png_tree,
+)
+
+ROLES = {
+    IMAGES_FILE: "the distilled images (uint8 [N, C, H, W]) and their class labels",
+    ADAPTER_FILE: "LoRA adapters of the image-to-label projector: the light labels",
+}
+
+
+def export_dir(cfg: Config) -> Path:
+    from hellodd.distill import distilled_dir
+
+    return Path(cfg.out) / "export" / f"{cfg.preset}-{distilled_dir(cfg).name}"
+
+
+def measured_results(cfg: Config, images) -> dict | None:
+    """The set's evaluation (per label source: mean ± std top-1, label bytes), if it was made on these images."""
+    from hellodd.evaluate import evaluate_dir
+
+    path = evaluate_dir(cfg) / "metrics.json"
+    if not path.is_file():
+        return None
+    m = read_json(path)
+    if m.get("images_sha256") != tensor_sha256(images):
+        return None  # evaluated before the set was distilled again: not this set's numbers
+    out: dict = {"epochs": m.get("epochs"), "per_source": {}}
+    groups: dict[tuple, list] = {}
+    for r in m.get("rows", []):
+        groups.setdefault((r["source"], r["student"]), []).append(r["top1"])
+    for (source, student), t in groups.items():
+        out["per_source"].setdefault(source, {})[student] = {
+            "top1_mean": statistics.mean(t),
+            "top1_std": statistics.stdev(t) if len(t) > 1 else 0.0,
+            "seeds": len(t),
+            "label_bytes": m.get("storage", {}).get(source, {}).get("bytes"),
+        }
+    return out
+
+
+def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, parts: dict, results) -> dict:
+    from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
+    from hellodd.projector.bases import CLIP_MEAN, CLIP_STD
+
+    p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
+    clip = p["base"].startswith("clip:")
+    total = sum(v["bytes"] for v in parts.values())
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_VERSION,
+        "hellodd_version": __version__,
+        "name": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "classes": set_meta["classes"],
+        "count": set_meta["count"],
+        "ipc": set_meta["ipc"],
+        "image_shape": set_meta["resolution"],
+        "variant": set_meta["variant"],
+        "source": set_meta["source"],
+        "base": {
+            "name": p["base"],
+            "pretrained": info.get("pretrained"),
+            "checkpoint_sha256": info.get("checkpoint_sha256"),  # a CLIP file the loader must be given
+            "weights_sha256": info.get("weights_sha256"),  # packaged weights (EfficientNet-Lite0)
+            "seed": p["base_seed"] if p["random_init"] else None,  # a seeded random base: the seed is all
+            "image_size": p["image_size"],
+            "encoder_rank": p["encoder_rank"],
+            "head_rank": p["head_rank"],
+            "frozen_depth": p["frozen_depth"],
+            "adapter_dtype": p["adapter_dtype"],
+            "head_init": info.get("head_init"),
+        },
+        "preprocessing": {
+            "images": "uint8 [N, C, H, W]; divide by 255 for [0, 1] floats",
+            "labeller": (
+                f"grey images repeated to 3 channels, antialiased bilinear resize to {p['image_size']} px, "
+                "then normalised with mean and std"
+            ),
+            "mean": list(CLIP_MEAN if clip else IMAGENET_MEAN),
+            "std": list(CLIP_STD if clip else IMAGENET_STD),
+        },
+        "views": {
+            "what": "the student views the adapters were fitted to and the loader generates",
+            "crop_scale": [ev.crop_min_scale, 1.0],
+            "crop_ratio": [3 / 4, 4 / 3],
+            "flip": 0.5,
+            "cutmix_alpha": ev.cutmix_alpha,
+            "batch_size": ev.batch_size,
+        },
+        "loss": {
+            "name": ev.loss,
+            "ce_weight": ev.ce_weight,
+            "temperature": ev.temperature,
+            "formula": "MSE(student logits, labeller logits) + ce_weight * CE(student logits, label)"
+            if ev.loss == "mse"
+            else "KL(softmax(labeller / T) || softmax(student / T))",
+        },
+        "training": {
+            "optimizer": "AdamW, no weight decay on biases and norm weights",
+            "lr": ev.lr,
+            "weight_decay": ev.weight_decay,
+            "epochs": ev.epochs,
+            "schedule": ev.schedule,
+        },
+        "parts": parts,
+        "bytes": {
+            "images": parts[IMAGES_FILE]["bytes"],
+            "labels": parts[ADAPTER_FILE]["bytes"],
+            "total": total,
+        },
+        "results": results,
+    }
+
+
+def card(m: dict) -> str:
+    """The README.md beside the manifest."""
+    b, tr, v = m["base"], m["training"], m["views"]
+    lines = [
+        f"# {m['name']}",
+        "",
+        f"A distilled dataset with light labels, made by hellodd {m['hellodd_version']} (HeLlO, arXiv 2408.08201):",
+        f"{m['count']} images ({m['ipc']} per class, {len(m['classes'])} classes, {m['image_shape']} each, "
+        f"{m['variant']} from {m['source']}), labelled by LoRA adapters on a frozen {b['name']} base "
+        f"({'seeded random' if b['seed'] is not None else 'pretrained'}; encoder rank {b['encoder_rank']}, "
+        f"head rank {b['head_rank']}).",
+        "",
+        f"Bytes: images {m['bytes']['images']:,}, labels (adapters) {m['bytes']['labels']:,}, "
+        f"everything {m['bytes']['total']:,}. Every part's sha256 is in `manifest.json`.",
+        "",
+        "## Load and train",
+        "",
+        "```python",
+        "import hellodd, torch, torchvision",
+        f'ds = hellodd.load("{m["name"]}")  # checks every part; rebuilds the labeller',
+        "model = torchvision.models.resnet18(num_classes=len(ds.classes))",
+        f"opt = torch.optim.AdamW(model.parameters(), lr={tr['lr']:g}, weight_decay={tr['weight_decay']:g})",
+        f"for x, y, target in ds.loader(batch_size={v['batch_size']}, epochs={tr['epochs']}, seed=0):"
+        "  # crops, flips, CutMix + labels",
+        "    loss = ds.loss(model(x.expand(-1, 3, -1, -1)), target, y)",
+        "    opt.zero_grad(); loss.backward(); opt.step()",
+        "```",
+        "",
+        "`ds.images`, `ds.labels` and `ds.dataset()` give the images for your own augmentation;",
+        "`ds.labeller(device)` turns any batch of [0, 1] views into logits.",
+    ]
+    if b["checkpoint_sha256"]:
+        lines += [
+            "",
+            f"The base needs its checkpoint file (sha256 `{b['checkpoint_sha256']}`): "
+            "`hellodd.load(path, base_checkpoint=FILE)`.",
+        ]
+    res = m.get("results")
+    if res:
+        lines += [
+            "",
+            f"## Measured ({res['epochs']} epochs, final-epoch top-1, mean ± std over seeds)",
+            "",
+            "| label source | student | top-1 | label bytes |",
+            "|---|---|---|---|",
+        ]
+        for source, per in res["per_source"].items():
+            for student, r in per.items():
+                nb = f"{r['label_bytes']:,}" if r["label_bytes"] is not None else "-"
+                lines.append(
+                    f"| {source} | {student} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} ({r['seeds']}) | {nb} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool = False) -> dict:
+    """Write the export folder (and ``.tar``) of the configured distilled set; returns its manifest."""
+    from hellodd.distill import distilled_dir, projector_for
+
+    d = distilled_dir(cfg)
+    if not d.is_dir():
+        raise UserError(
+            f"{d}: no distilled set to export; run 'hellodd distill' first (same --out and settings)"
+        )
+    images, labels, set_meta = read_set(d)
+    adapters = projector_for(cfg, images)
+    if not adapters.is_file():
+        raise UserError(f"{adapters}: no adapters label this set; run 'hellodd projector' first")
+    adapter_meta = file_metadata(adapters)
+    dest = Path(to) if to else export_dir(cfg)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "base").mkdir(parents=True)
+    shutil.copyfile(d / IMAGES_FILE, tmp / IMAGES_FILE)
+    shutil.copyfile(adapters, tmp / ADAPTER_FILE)
+    roles = dict(ROLES)
+    head = adapter_meta["base_info"].get("head_file")
+    if head and (Path(cfg.out) / "cache" / head).is_file():
+        shutil.copyfile(Path(cfg.out) / "cache" / head, tmp / "base" / head)
+        roles[f"base/{head}"] = "the base head's initialisation (recomputable from the public base and names)"
+    if png:
+        write_png_tree(images, labels, set_meta["classes"], tmp / "png")
+        roles.update(
+            {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / "png").rglob("*.png"))}
+        )
+    parts = {rel: {**file_record(tmp / rel), "role": role} for rel, role in roles.items()}
+    manifest = build_manifest(cfg, dest.name, set_meta, adapter_meta, parts, measured_results(cfg, images))
+    write_bytes(tmp / "README.md", card(manifest).encode())
+    manifest["parts"]["README.md"] = {**file_record(tmp / "README.md"), "role": "this set's card"}
+    manifest = sealed(manifest)
+    write_json(tmp / MANIFEST_FILE, manifest)
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old)
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+    line = (
+        f"export {dest}: {manifest['count']} images ({manifest['bytes']['images']:,} B) + adapters "
+        f"({manifest['bytes']['labels']:,} B), {len(parts)} parts, {manifest['bytes']['total']:,} B in all"
+    )
+    if tar:
+        tar_path = dest.with_suffix(".tar")
+        with atomic_path(tar_path) as t, tarfile.open(t, "w") as archive:
+            archive.add(dest, arcname=dest.name)
+        line += f"; {tar_path} ({tar_path.stat().st_size:,} B)"
+    return {"path": str(dest), "manifest": manifest, "summary": line}

@@ -1,0 +1,184 @@
+"""``hellodd teachers --import CKPT...``: a model pool from checkpoints a user already has.
+
+No one should retrain an ImageNet trajectory that already sits on their disk.  Each file may be
+
+* a torchvision ``references/classification`` checkpoint: a dict with ``model`` (the network's state dict,
+  possibly with DDP's ``module.`` or torch.compile's ``_orig_mod.`` prefix) and ``epoch``;
+* a plain state dict (``.pth``/``.pt`` via ``torch.load(weights_only=True)``, or ``.safetensors``);
+* a hellodd checkpoint (a state dict of the whole classifier, ``net.``-prefixed).
+
+The pool epoch of a file is, first, an explicit ``PATH@EPOCH``; else the dict's ``epoch`` + 1 (the
+references store the 0-based index of the epoch just finished); else ``N`` + 1 from a ``model_N.pth`` name
+(the references' file names); else the file is refused.  A folder stands for every checkpoint file in it.
+Each checkpoint is loaded into ``teacher.arch`` built for the data's classes (strictly: another architecture
+or class count is refused with one line naming the file) and evaluated on the validation split, so the
+pool records real accuracies.  The latest epoch becomes ``final.safetensors`` (the observer and the online
+teacher).  The outputs are those of :func:`hellodd.teachers.train_teachers`, with each entry's source file and
+its sha256 recorded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from hellodd import engine
+from hellodd.config import Config
+from hellodd.data import load_data
+from hellodd.errors import UserError
+from hellodd.io import sha256, write_json
+from hellodd.models import build_model, count_parameters, save_classifier
+from hellodd.report import stage_dir, write_config, write_results
+
+SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def expand(specs: list[str]) -> list[tuple[Path, float | None]]:
+    """``PATH``, ``PATH@EPOCH`` or a folder -> (file, explicit epoch or None), in a stable order."""
+    out = []
+    for spec in specs:
+        path, _, epoch = spec.rpartition("@") if "@" in spec else (spec, "", "")
+        p = Path(path)
+        if epoch:
+            try:
+                explicit = float(epoch)
+            except ValueError:
+                raise UserError(f"--import {spec}: the part after @ must be an epoch number") from None
+        else:
+            explicit = None
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
+            if not files:
+                raise UserError(f"--import {p}: no checkpoint files ({', '.join(SUFFIXES)}) in this folder")
+            out += [(f, explicit) for f in files]
+        elif p.is_file():
+            out.append((p, explicit))
+        else:
+            raise UserError(f"--import {p}: file not found")
+    return out
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
+    """The state dict in a checkpoint file and the references' ``epoch`` field if it has one."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:160]})") from None
+    epoch = None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        epoch = obj.get("epoch")
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: holds no state dict (expected a dict of tensors, or one under 'model')")
+    state = {}
+    for k, v in obj.items():
+        for prefix in PREFIXES:
+            k = k.removeprefix(prefix)
+        state[k] = v
+    return state, int(epoch) if isinstance(epoch, int) else None
+
+
+def pool_epoch(path: Path, explicit: float | None, field: int | None) -> float:
+    if explicit is not None:
+        return explicit
+    if field is not None:
+        return float(field + 1)
+    m = re.fullmatch(r"model_(\d+)", path.stem)
+    if m:
+        return float(int(m.group(1)) + 1)
+    raise UserError(f"{path}: no epoch (no 'epoch' field, not named model_N); pass it as {path}@EPOCH")
+
+
+def fit(model, state: dict[str, torch.Tensor], path: Path, arch: str, classes: int) -> None:
+    """Load ``state`` into the classifier (whole, or its torchvision network); one line if it does not fit."""
+    target = model if all(k.startswith(("net.", "adapter.")) for k in state) else model.net
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise UserError(f"{path}: does not fit {arch} for {classes} classes ({detail[:200]})") from None
+
+
+def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
+    """Build the teacher stage's pool from existing checkpoints, each evaluated on the validation split."""
+    t = cfg.teacher
+    out = stage_dir(cfg, "teachers")
+    if (out / "state.pt").exists():
+        raise UserError(f"{out}: holds a trained teacher trajectory; import into another --out")
+    bundle = load_data(cfg.data, cfg.engine.seed)
+    files = expand(specs)
+    t0 = time.perf_counter()
+    entries, seen = [], {}
+    bar = engine.progress(fabric, total=len(files), desc=f"teachers import ({t.arch})", unit="ckpt")
+    for path, explicit in files:
+        state, field = read_checkpoint(path)
+        epoch = pool_epoch(path, explicit, field)
+        if epoch in seen:
+            raise UserError(
+                f"{path}: epoch {epoch:g} again (also {seen[epoch]}); pass PATH@EPOCH to tell them apart"
+            )
+        seen[epoch] = path
+        model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
+        fit(model, state, path, t.arch, bundle.num_classes)
+        val = engine.evaluate(fabric, engine.frozen(fabric, model), bundle.val, t.eval_batch_size, desc="val")
+        from hellodd.teachers import pool_name
+
+        entry = {
+            "epoch": epoch,
+            "step": None,
+            "file": f"pool/{pool_name(epoch)}",
+            **{k: val[k] for k in ("top1", "top5")},
+        }
+        entry.update(source=str(path.resolve()), source_sha256=sha256(path))
+        if fabric.is_global_zero:
+            save_classifier(
+                out / entry["file"], model, epoch=epoch, step=None, val=val, imported_from=entry["source"]
+            )
+        entries.append(entry)
+        bar.update(1)
+    bar.close()
+    entries.sort(key=lambda e: e["epoch"])
+    final = entries[-1]
+    metrics = {
+        "arch": t.arch,
+        "params": count_parameters(model),
+        "imported": True,
+        "dataset": {
+            "name": cfg.data.name,
+            "source": bundle.source,
+            "val": len(bundle.val),
+            "classes": bundle.num_classes,
+        },
+        "seconds": time.perf_counter() - t0,
+        "pool": entries,
+        "final_val_top1": final["top1"],
+    }
+    if fabric.is_global_zero:
+        write_config(out, cfg, "teachers")
+        shutil.copyfile(out / final["file"], out / "final.safetensors")
+        write_json(
+            out / "pool.json",
+            {"arch": t.arch, "checkpoints": entries, "final": "final.safetensors", "imported": True},
+        )
+        files_bytes = {e["file"]: (out / e["file"]).stat().st_size for e in entries}
+        storage = {
+            "what": "imported teacher checkpoints (fp32 safetensors)",
+            "files": files_bytes,
+            "teacher_bytes": (out / "final.safetensors").stat().st_size,
+            "teacher_params": metrics["params"],
+        }
+        write_results(out, metrics, storage)
+    fabric.barrier()
+    return metrics
