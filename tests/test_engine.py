@@ -57,3 +57,19 @@ def test_launcher_mismatch_is_an_error(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="launcher started 2 processes per node"):
         engine.make_fabric(EngineConfig(accelerator="cpu", devices=4))
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from hellodd.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600

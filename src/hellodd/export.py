@@ -48,6 +48,17 @@ ROLES = {
 }
 
 
+def head_file_of(adapter_meta: dict) -> str:
+    """The cache file name of the adapters' base head (recorded; recomputed for files from before it was)."""
+    from hellodd.projector.bases import head_file, weights_id
+
+    p, info = adapter_meta["projector"], adapter_meta["base_info"]
+    if info.get("head_file"):
+        return info["head_file"]
+    wid = weights_id(p["base"], p["random_init"], p["base_seed"], info.get("checkpoint_sha256"))
+    return head_file(p["base"], wid, adapter_meta["classes"])
+
+
 def export_dir(cfg: Config) -> Path:
     from hellodd.distill import distilled_dir
 
@@ -228,7 +239,7 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
     shutil.copyfile(d / IMAGES_FILE, tmp / IMAGES_FILE)
     shutil.copyfile(adapters, tmp / ADAPTER_FILE)
     roles = dict(ROLES)
-    head = adapter_meta["base_info"].get("head_file")
+    head = head_file_of(adapter_meta)
     if head and (Path(cfg.out) / "cache" / head).is_file():
         shutil.copyfile(Path(cfg.out) / "cache" / head, tmp / "base" / head)
         roles[f"base/{head}"] = "the base head's initialisation (recomputable from the public base and names)"

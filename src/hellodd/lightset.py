@@ -75,7 +75,11 @@ class LightSet:
 
         key = str(torch.device(device))
         if key not in self._labellers:
-            p = load_projector(self.root / ADAPTER_FILE, "cpu", self.root / "base", self.base_checkpoint)
+            base = self.root / "base"  # the head's initialisation, if exported; never written into the export
+            cache = (
+                base if base.is_dir() and any(base.iterdir()) else Path(tempfile.mkdtemp(prefix="hellodd-"))
+            )
+            p = load_projector(self.root / ADAPTER_FILE, "cpu", cache, self.base_checkpoint)
             self._labellers[key] = merged_for_inference(p).to(device)
         return self._labellers[key]
 

