@@ -28,12 +28,11 @@ def measure(out: str, sources: list[str], iters: int, student: str, preset: str)
     from lightning_fabric import Fabric
 
     from hellodd import config as C
-    from hellodd.distill import distilled_dir
     from hellodd.evaluate import build_label_sources, student_loss
     from hellodd.labels import StoredLabels, Stream, render
     from hellodd.models import build_model
     from hellodd.report import peak_memory_mib
-    from hellodd.sets import read_set
+    from hellodd.sets import distilled_dir, read_set
 
     cfg = C.apply_overrides(
         C.preset(preset),

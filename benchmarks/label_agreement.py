@@ -20,11 +20,10 @@ import torch
 
 def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -> dict[str, dict]:
     from hellodd import config as C
-    from hellodd.distill import distilled_dir, projector_for
     from hellodd.labels import Stream, render
     from hellodd.models import load_classifier
     from hellodd.projector import load_projector, merged_for_inference, weak_teachers
-    from hellodd.sets import read_set
+    from hellodd.sets import distilled_dir, projector_for, read_set
     from hellodd.teachers import load_pool
 
     cfg = C.apply_overrides(C.preset(preset), [f"out={out}"])

@@ -129,9 +129,10 @@ def test_view_adaptation_brings_the_projector_closer_to_its_teachers(run, tmp_pa
     from hellodd import engine
     from hellodd.config import apply_overrides, preset
     from hellodd.data import load_data
-    from hellodd.distill import adapt_projector, projector_for
+    from hellodd.distill import adapt_projector
     from hellodd.io import load_tensors, sha256
     from hellodd.projector import load_projector, projector_path
+    from hellodd.sets import projector_for
 
     cfg = apply_overrides(preset("synthetic"), [f"out={run}", "distill.adapt_steps=20"])
     assert (
@@ -153,8 +154,8 @@ def test_distill_without_adaptation_drops_a_stale_adapted_projector(run, tmp_pat
     import shutil
 
     from hellodd.config import apply_overrides, preset
-    from hellodd.distill import projector_for
     from hellodd.projector import projector_path
+    from hellodd.sets import projector_for
 
     for stage in ("teachers", "projector", "distill"):
         shutil.copytree(run / stage, tmp_path / stage)
@@ -170,7 +171,7 @@ def test_view_adapted_projector_is_bound_to_its_source_and_images(run, tmp_path)
     import shutil
 
     from hellodd.config import apply_overrides, preset
-    from hellodd.distill import adapted_projector_path, projector_for
+    from hellodd.sets import adapted_projector_path, projector_for
 
     for stage in ("teachers", "projector", "distill"):
         shutil.copytree(run / stage, tmp_path / stage)

@@ -30,7 +30,7 @@ logged per iteration; agreement (top-1 and mean KL) is measured before and after
 
 View adaptation (hellodd's, not the paper's; ``distill.adapt_steps`` > 0): the projector's adapters continue
 the weak-teacher transfer on the students' views of the final images (:func:`hellodd.projector.adapt_to_views`);
-the result, ``adapters.safetensors`` beside the images, is what labels this set (:func:`projector_for`).
+the result, ``adapters.safetensors`` beside the images, is what labels this set (:func:`hellodd.sets.projector_for`).
 
 Someone else's distilled images (``distill.init=folder``, an ImageFolder in ``distill.images``) skip selection
 and update; the view adaptation and everything after treat them like ours.
@@ -67,19 +67,8 @@ from hellodd.io import (
     save_tensors,
     sha256,
 )
-from hellodd.report import stage_dir, write_config, write_results
-
-
-def variant(cfg: Config) -> str:
-    d = cfg.distill
-    if d.init in ("random", "folder"):
-        return d.init  # no image update on either: real images, or someone else's finished set
-    return "rded-update" if d.update else "rded"
-
-
-def distilled_dir(cfg: Config) -> Path:
-    return stage_dir(cfg, "distill") / f"ipc{cfg.distill.ipc}-{variant(cfg)}"
-
+from hellodd.report import write_config, write_results
+from hellodd.sets import adapted_projector_path, distilled_dir, variant
 
 # --------------------------------------------------------------------------------------------------
 # selection
@@ -305,21 +294,6 @@ def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
             f"not distill.ipc={d.ipc} ({hint})"
         )
     return to_float(images), labels
-
-
-def adapted_projector_path(cfg: Config) -> Path:
-    """Where distill writes the view-adapted adapters of this distilled set."""
-    return distilled_dir(cfg) / sets.ADAPTER_FILE
-
-
-def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
-    """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's.
-
-    View-adapted adapters are bound to the stage-3 file they continued (sha256) and, given ``images``, to the
-    images they were adapted to: adapters made from anything else are refused, never used."""
-    from hellodd.projector import projector_path
-
-    return sets.adapters_for(distilled_dir(cfg), projector_path(cfg), images)
 
 
 def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:

@@ -219,8 +219,8 @@ def build_label_sources(
             built[name] = ModelLabels(name, engine.frozen(fabric, MeanLogits(models)))
             cost[name] = storage.label_storage("weak-teachers", teacher_files=[t["path"] for t in chosen])
         elif name in ("projector", "projector-transfer"):
-            from hellodd.distill import projector_for
             from hellodd.projector import load_projector, merged_for_inference, projector_path
+            from hellodd.sets import projector_for
 
             # projector: the adapters that go with this set (view-adapted if distill made them);
             # projector-transfer: stage 3's, for the ablation of the view adaptation
@@ -267,14 +267,13 @@ def _table(rows: list[dict], cost: dict) -> str:
 
 def evaluate_dir(cfg: Config) -> Path:
     """``<out>/evaluate/<set>/``: one folder per distilled set, so evaluating one never overwrites another."""
-    from hellodd.distill import distilled_dir
+    from hellodd.sets import distilled_dir
 
     return stage_dir(cfg, "evaluate") / distilled_dir(cfg).name
 
 
 def run_evaluate(cfg: Config, fabric) -> dict:
-    from hellodd.distill import distilled_dir
-    from hellodd.sets import read_set
+    from hellodd.sets import distilled_dir, read_set
 
     ev = cfg.evaluate
     out = evaluate_dir(cfg)

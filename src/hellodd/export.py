@@ -60,7 +60,7 @@ def head_file_of(adapter_meta: dict) -> str:
 
 
 def export_dir(cfg: Config) -> Path:
-    from hellodd.distill import distilled_dir
+    from hellodd.sets import distilled_dir
 
     return Path(cfg.out) / "export" / f"{cfg.preset}-{distilled_dir(cfg).name}"
 
@@ -220,7 +220,7 @@ def card(m: dict) -> str:
 
 def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool = False) -> dict:
     """Write the export folder (and ``.tar``) of the configured distilled set; returns its manifest."""
-    from hellodd.distill import distilled_dir, projector_for
+    from hellodd.sets import distilled_dir, projector_for
 
     d = distilled_dir(cfg)
     if not d.is_dir():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hellodd.config import Config
 from hellodd.errors import UserError
 from hellodd.io import (
     digest,
@@ -30,7 +31,8 @@ from hellodd.io import (
     tensor_sha256,
     write_json,
 )
-from hellodd.projector.adapters import ADAPTER_FILE  # noqa: E402  (one name for adapter files everywhere)
+from hellodd.projector.adapters import ADAPTER_FILE
+from hellodd.report import stage_dir  # noqa: E402  (one name for adapter files everywhere)
 
 IMAGES_FILE = "images.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -203,3 +205,33 @@ def adapters_for(directory, stage3: Path, images: torch.Tensor | None = None) ->
             "run 'hellodd distill' again (same --out and settings)"
         )
     return adapted
+
+
+# --------------------------------------------------------------------------------------------------
+# where a config's set lives
+
+
+def variant(cfg: Config) -> str:
+    d = cfg.distill
+    if d.init in ("random", "folder"):
+        return d.init  # no image update on either: real images, or someone else's finished set
+    return "rded-update" if d.update else "rded"
+
+
+def distilled_dir(cfg: Config) -> Path:
+    return stage_dir(cfg, "distill") / f"ipc{cfg.distill.ipc}-{variant(cfg)}"
+
+
+def adapted_projector_path(cfg: Config) -> Path:
+    """Where distill writes the view-adapted adapters of this distilled set."""
+    return distilled_dir(cfg) / ADAPTER_FILE
+
+
+def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
+    """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's.
+
+    View-adapted adapters are bound to the stage-3 file they continued (sha256) and, given ``images``, to the
+    images they were adapted to: adapters made from anything else are refused, never used."""
+    from hellodd.projector import projector_path
+
+    return adapters_for(distilled_dir(cfg), projector_path(cfg), images)

@@ -206,9 +206,9 @@ def paper_report() -> str:
 
 def report(cfg, paper: bool = False) -> str:
     """``hellodd storage``: this run's label sources from the files on disk, and optionally the paper's scale."""
-    from hellodd.distill import adapted_projector_path
     from hellodd.projector import projector_path
     from hellodd.report import stage_dir
+    from hellodd.sets import adapted_projector_path
 
     lines = [f"Label storage for {cfg.preset} (outputs in {cfg.out})"]
     teacher = stage_dir(cfg, "teachers") / "final.safetensors"
