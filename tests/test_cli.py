@@ -41,6 +41,8 @@ BAD = [
     (["teachers", "--preset", "synthetic", "--devices", "0"], "engine.devices"),
     (["teachers", "--preset", "synthetic", "--accelerator", "cuda"], "no CUDA device"),
     (["teachers", "--config", "/nonexistent/config.json"], "config.json: file not found"),
+    (["teachers", "--preset", "synthetic", "--set", "distill.adapt_lr_scale=0"], "distill.adapt_lr_scale"),
+    (["teachers", "--preset", "synthetic", "--set", "distill.init=folder"], "distill.images"),
     (["teach"], "invalid choice"),
     (["teachers", "--devices", "two"], "invalid int value"),
 ]

@@ -275,3 +275,18 @@ def test_adaptation_state_of_other_images_is_never_resumed(run, tmp_path, capsys
     a, _ = load_tensors(tmp_path / "stale" / "distill" / "ipc2-rded-update" / "adapters.safetensors")
     b, _ = load_tensors(tmp_path / "fresh" / "distill" / "ipc2-rded-update" / "adapters.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adaptation_learning_rate_scale_is_applied_and_binds_the_state(run, tmp_path, capsys):
+    import shutil
+
+    from hellodd.io import load_tensors
+
+    for stage in ("teachers", "projector", "distill"):
+        shutil.copytree(run / stage, tmp_path / stage)
+    args = ["distill", "--preset", "synthetic", "--out", str(tmp_path), "--set", "distill.adapt_lr_scale=3"]
+    assert main(args) == 0
+    assert "adapting afresh" in capsys.readouterr().out  # the finished 1x state is not reused at 3x
+    a, _ = load_tensors(run / "distill" / "ipc2-rded-update" / "adapters.safetensors")
+    b, _ = load_tensors(tmp_path / "distill" / "ipc2-rded-update" / "adapters.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)

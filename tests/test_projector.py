@@ -239,3 +239,15 @@ def test_adapters_refuse_a_base_checkpoint_with_another_hash(tmp_path):
     torch.save(model.state_dict(), other)
     with pytest.raises(UserError, match="other.pt: not the base checkpoint"):
         load_projector(tmp_path / "a.safetensors", cache_dir=tmp_path, checkpoint=other)
+
+
+def test_teacher_logits_from_models_or_one_averaging_module():
+    from hellodd.labels import MeanLogits
+    from hellodd.projector import teacher_logits
+
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]
+    x = torch.randn(5, 4)
+    want = (models[0](x) + models[1](x)) / 2
+    assert torch.allclose(teacher_logits(models, x), want, atol=1e-6)
+    assert torch.allclose(teacher_logits(MeanLogits(models), x), want, atol=1e-6)

@@ -50,12 +50,14 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
-def teacher_logits(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """The weak teachers' mean raw logits on ``x`` (the transfer target z), without autograd."""
+def teacher_logits(teachers: list[nn.Module] | nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The weak teachers' mean raw logits on ``x`` (the transfer target z), without autograd.  ``teachers``:
+    the models, or one module that already averages them (:class:`~hellodd.labels.MeanLogits`, compiled)."""
     from hellodd.labels import MeanLogits
 
+    model = teachers if isinstance(teachers, nn.Module) else MeanLogits(teachers)
     with torch.inference_mode():
-        return MeanLogits(teachers)(x)
+        return model(x)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,7 +148,7 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None
         g["lr"] = g["base_lr"] * factor
 
 
-def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module], x, y, ce_weight: float):
+def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module, x, y, ce_weight: float):
     """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``.
 
     The teachers run under the same autocast as the projector, as they do when they label a student's batch.

@@ -23,16 +23,17 @@ from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, tea
 ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED = 10**6, 2 * 10**6
 
 
-def view_agreement(fabric, proj: nn.Module, teachers: list[nn.Module], images, stream, batches: int) -> dict:
-    """Projector vs weak-teacher mean on ``batches`` batches of a student stream: top-1 agreement, KL, MSE."""
+def view_agreement(fabric, proj: nn.Module, teachers: nn.Module, images, stream, batches: int) -> dict:
+    """Projector vs weak-teacher mean on ``batches`` batches of a student stream: top-1 agreement, KL, MSE.
+    Both run under the engine's autocast, as when they label a student's batch."""
     from hellodd.labels import render
 
     zs, ps = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), fabric.autocast():
         for b in range(batches):
             idx, crops, mix = stream.batch_params(*divmod(b, stream.steps_per_epoch))
             x = render(images, idx, crops, mix, fabric.device)
-            zs.append(teacher_logits(teachers, x).cpu())
+            zs.append(teacher_logits(teachers, x).float().cpu())
             ps.append(proj(x).float().cpu())
     return agreement(torch.cat(zs), torch.cat(ps))
 
@@ -46,7 +47,7 @@ def adapt_to_views(
     random-resized crops, flips and CutMix of the *distilled* images (:class:`~hellodd.labels.Stream`), where
     the demo's projector copies its teachers far more loosely (logit MSE 1.8 vs 0.5 after this step,
     measured; README).  This step trains the same adapters (same loss, teachers and optimiser settings) for
-    ``distill.adapt_steps`` batches of such views, drawn from a stream of the evaluation's augmentation
+    ``distill.adapt_steps`` batches of such views (learning rates x ``distill.adapt_lr_scale``), drawn from a stream of the evaluation's augmentation
     (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``, ``evaluate.batch_size``) with its own seed, so
     never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.  The result is
     written beside the distilled set as ``adapters.safetensors``, a file of the same size as the transfer's.
@@ -55,16 +56,20 @@ def adapt_to_views(
     """
     from dataclasses import replace
 
-    from hellodd.labels import render, student_stream
+    from hellodd.labels import MeanLogits, render, student_stream
     from hellodd.models import load_classifier
 
     d = cfg.distill
     _, meta = load_tensors(adapter_file)
     pcfg = replace(cfg.projector, **meta["projector"])  # the file's base and ranks, this config's optimiser
+    scale = d.adapt_lr_scale
+    pcfg = replace(pcfg, lr=pcfg.lr * scale, head_lr=(pcfg.head_lr or pcfg.lr) * scale)
     proj = load_projector(adapter_file, fabric.device, Path(cfg.out) / "cache")
     for n, q in proj.named_parameters():
         q.requires_grad_("lora_" in n)
-    teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
+    teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
+    if cfg.evaluate.compile:  # they label views exactly as online labellers do in the evaluation
+        teacher_models = torch.compile(teacher_models)
     num_classes = len(proj.classes)
 
     train, held = (
@@ -77,7 +82,14 @@ def adapt_to_views(
     total, source, images_sha = d.adapt_steps, sha256(adapter_file), tensor_sha256(images)
     warm, step = max(1, round(0.05 * total)), 0
     state_path = out / "adapt_state.pt"
-    key = {"total": total, "adapted_from": source, "images": images_sha}
+    ev = cfg.evaluate
+    key = {  # everything the adapted adapters depend on: a state made from anything else is not resumed
+        "total": total,
+        "adapted_from": source,
+        "images": images_sha,
+        "optimiser": [pcfg.lr, pcfg.head_lr, pcfg.weight_decay, pcfg.ce_weight],
+        "views": [cfg.engine.seed, ev.batch_size, ev.crop_min_scale, ev.cutmix_alpha],
+    }
     if state_path.exists():
         st = load_state(state_path)
         if {k: st.get(k) for k in key} == key:
