@@ -119,3 +119,10 @@ def test_console_script_exit_code_without_traceback(tmp_path):
     assert (
         r.returncode == 2 and r.stderr.strip().startswith("hellodd: error:") and "Traceback" not in r.stderr
     )
+
+
+def test_version(capsys):
+    from hellodd import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hellodd {__version__}"

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from hellodd import __version__
+
+    p.add_argument("--version", action="version", version=f"hellodd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run every stage in order")
     te = sub.add_parser("teachers", parents=[common], help="train the teacher trajectory (model pool)")
