@@ -53,18 +53,24 @@ class TensorImages(Dataset):
         return self.images[i], self.targets[i]
 
 
+def square_uint8(size: int):
+    """PIL image -> uint8 tensor, resized (short side) and centre-cropped to ``size`` x ``size``."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
+    )
+
+
 class FolderImages(Dataset):
     """An ``ImageFolder`` split read lazily, resized and centre-cropped to ``size``, as uint8."""
 
     def __init__(self, folder, indices: list[int] | None, size: int):
-        from torchvision import transforms
 
         self.folder = folder
         self.indices = indices if indices is not None else list(range(len(folder.samples)))
         self.targets = torch.tensor([folder.targets[i] for i in self.indices], dtype=torch.long)
-        self.transform = transforms.Compose(
-            [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
-        )
+        self.transform = square_uint8(size)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -271,7 +277,6 @@ def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor
     data's resolution and converted to its channels.  Returns uint8 images ``[N, C, S, S]`` and labels.
     """
     from PIL import Image, UnidentifiedImageError
-    from torchvision import transforms
 
     from hellodd.classnames import readable_names
     from hellodd.sets import class_folder
@@ -297,7 +302,7 @@ def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor
             f"{root}: no folder for class {bundle.classes[missing[0]]!r} ({len(missing)} missing)"
         )
     size = bundle.image_size
-    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
+    tf = square_uint8(size)
     images, labels = [], []
     for d, c in labels_of.items():
         files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))

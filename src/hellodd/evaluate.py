@@ -69,21 +69,33 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
-def student_loss(
-    cfg: Config, logits: torch.Tensor, targets: torch.Tensor, kind: str, y: torch.Tensor
+def logit_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    y: torch.Tensor,
+    loss: str,
+    ce_weight: float,
+    temperature: float,
 ) -> torch.Tensor:
-    ev = cfg.evaluate
-    if kind == "probs":
-        return torch.sum(-targets * F.log_softmax(logits, -1), -1).mean()
-    if ev.loss == "kl":
-        t = ev.temperature
+    """A student's loss against a labeller's logits: MSE + ``ce_weight`` x CE to ``y``, or KL at ``temperature``."""
+    if loss == "kl":
+        t = temperature
         return F.kl_div(
             F.log_softmax(logits / t, -1),
             F.log_softmax(targets / t, -1),
             log_target=True,
             reduction="batchmean",
         )
-    return F.mse_loss(logits, targets) + ev.ce_weight * F.cross_entropy(logits, y)
+    return F.mse_loss(logits, targets) + ce_weight * F.cross_entropy(logits, y)
+
+
+def student_loss(
+    cfg: Config, logits: torch.Tensor, targets: torch.Tensor, kind: str, y: torch.Tensor
+) -> torch.Tensor:
+    ev = cfg.evaluate
+    if kind == "probs":
+        return torch.sum(-targets * F.log_softmax(logits, -1), -1).mean()
+    return logit_loss(logits, targets, y, ev.loss, ev.ce_weight, ev.temperature)
 
 
 def student_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

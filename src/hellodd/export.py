@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import statistics
 import tarfile
 from pathlib import Path
 
@@ -75,16 +74,15 @@ def measured_results(cfg: Config, images) -> dict | None:
     m = read_json(path)
     if m.get("images_sha256") != tensor_sha256(images):
         return None  # evaluated before the set was distilled again: not this set's numbers
+    from hellodd.frontier import per_source
+
     out: dict = {"epochs": m.get("epochs"), "per_source": {}}
-    groups: dict[tuple, list] = {}
-    for r in m.get("rows", []):
-        groups.setdefault((r["source"], r["student"]), []).append(r["top1"])
-    for (source, student), t in groups.items():
-        out["per_source"].setdefault(source, {})[student] = {
-            "top1_mean": statistics.mean(t),
-            "top1_std": statistics.stdev(t) if len(t) > 1 else 0.0,
-            "seeds": len(t),
-            "label_bytes": m.get("storage", {}).get(source, {}).get("bytes"),
+    for e in per_source(m):
+        out["per_source"].setdefault(e["source"], {})[e["student"]] = {
+            "top1_mean": e["mean"],
+            "top1_std": e["std"],
+            "seeds": e["n"],
+            "label_bytes": e["bytes"],
         }
     return out
 

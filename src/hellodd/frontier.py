@@ -36,6 +36,29 @@ def _sets(run: Path) -> list[dict]:
     return [read_json(p) for p in found]
 
 
+def per_source(m: dict) -> list[dict]:
+    """An evaluation's rows (``evaluate/<set>/metrics.json``) per (source, student): final-epoch top-1 mean,
+    std and n over seeds, label bytes, median seconds per iteration."""
+    groups: dict[tuple, list] = {}
+    for r in m["rows"]:
+        groups.setdefault((r["source"], r["student"]), []).append(r)
+    out = []
+    for (source, student), rs in groups.items():
+        top1 = [r["top1"] for r in rs]
+        out.append(
+            {
+                "source": source,
+                "student": student,
+                "mean": statistics.mean(top1),
+                "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "n": len(top1),
+                "bytes": m["storage"][source]["bytes"],
+                "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
+            }
+        )
+    return out
+
+
 def collect(runs: list[Path]) -> tuple[list[dict], dict]:
     """One entry per (run, set, source, student) with mean / std / n / bytes, and whole-data references."""
     entries, whole = [], {}
@@ -45,27 +68,14 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
             t = read_json(teachers)
             whole[run.name] = {"arch": t.get("arch"), "top1": t.get("final_val_top1")}
         for m in _sets(run):
-            groups: dict[tuple, list] = {}
-            for r in m["rows"]:
-                groups.setdefault((r["source"], r["student"]), []).append(r)
-            for (source, student), rs in groups.items():
-                top1 = [r["top1"] for r in rs]
-                entries.append(
-                    {
-                        "run": run.name,
-                        "set": m.get("set", Path(m["distilled_set"]).name),
-                        "random": m.get("set", "").endswith("-random"),
-                        "ipc": m.get("ipc"),
-                        "epochs": m.get("epochs"),
-                        "source": source,
-                        "student": student,
-                        "mean": statistics.mean(top1),
-                        "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                        "n": len(top1),
-                        "bytes": m["storage"][source]["bytes"],
-                        "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
-                    }
-                )
+            where = {
+                "run": run.name,
+                "set": m.get("set", Path(m["distilled_set"]).name),
+                "random": m.get("set", "").endswith("-random"),
+                "ipc": m.get("ipc"),
+                "epochs": m.get("epochs"),
+            }
+            entries += [{**where, **e} for e in per_source(m)]
     for e in entries:  # improvement over the random subset of the same IPC, same run / source / student
         if e["random"]:
             continue

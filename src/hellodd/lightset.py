@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from hellodd.errors import UserError
 from hellodd.sets import (
@@ -111,16 +110,10 @@ class LightSet:
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss the labels are meant for (manifest ``loss``): MSE on logits + ce_weight x CE, or KL at T."""
+        from hellodd.evaluate import logit_loss
+
         spec = self.manifest["loss"]
-        if spec["name"] == "kl":
-            t = spec["temperature"]
-            return F.kl_div(
-                F.log_softmax(logits / t, -1),
-                F.log_softmax(target / t, -1),
-                log_target=True,
-                reduction="batchmean",
-            )
-        return F.mse_loss(logits, target) + spec["ce_weight"] * F.cross_entropy(logits, y)
+        return logit_loss(logits, target, y, spec["name"], spec["ce_weight"], spec["temperature"])
 
 
 def _unpack(path: Path) -> Path:

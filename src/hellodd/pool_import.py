@@ -33,6 +33,7 @@ from hellodd.errors import UserError
 from hellodd.io import sha256, write_json
 from hellodd.models import build_model, count_parameters, save_classifier
 from hellodd.report import stage_dir, write_config, write_results
+from hellodd.teachers import pool_name
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 PREFIXES = ("module.", "_orig_mod.")
@@ -133,8 +134,6 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
         model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
         fit(model, state, path, t.arch, bundle.num_classes)
         val = engine.evaluate(fabric, engine.frozen(fabric, model), bundle.val, t.eval_batch_size, desc="val")
-        from hellodd.teachers import pool_name
-
         entry = {
             "epoch": epoch,
             "step": None,
