@@ -3,8 +3,10 @@
     python benchmarks/bench_labels.py --out runs/fashion-mnist [--iters 50] [--student convnet]
 
 Timing: all sources in one process, interleaved round-robin so machine load hits them alike; each
-iteration = render the augmented batch + targets from the source + student forward/backward/step; the
-median of ``--iters`` iterations after 5 warm-up iterations is printed.  Memory: each source again in a fresh
+iteration is the evaluation's own (:func:`hellodd.evaluate.student_step`: render the augmented batch,
+targets from the source, student forward/backward/step) at the preset's precision, with students and online
+labellers compiled when the preset's ``evaluate.compile`` says so; the median of ``--iters`` iterations after
+5 warm-up iterations is printed.  ``--set KEY=VALUE`` overrides the preset (``evaluate.compile=false``).  Memory: each source again in a fresh
 subprocess (``--only SOURCE``), whose peak RSS (CPU) or CUDA max-allocated (GPU) is printed: RSS of one
 shared process would only ever grow.  Prints what it measured; asserts nothing.
 """
@@ -24,44 +26,45 @@ from pathlib import Path
 import torch
 
 
-def measure(out: str, sources: list[str], iters: int, student: str, preset: str) -> dict:
-    from lightning_fabric import Fabric
-
+def measure(
+    out: str, sources: list[str], iters: int, student: str, preset: str, overrides: list[str]
+) -> dict:
     from hellodd import config as C
-    from hellodd.evaluate import build_label_sources, student_loss
-    from hellodd.labels import StoredLabels, Stream, render
+    from hellodd import engine
+    from hellodd.evaluate import build_label_sources, student_optimizer, student_step
+    from hellodd.labels import student_stream
     from hellodd.models import build_model
     from hellodd.report import peak_memory_mib
     from hellodd.sets import distilled_dir, read_set
 
     cfg = C.apply_overrides(
         C.preset(preset),
-        [f"out={out}", f"evaluate.label_sources={','.join(sources)}", f"evaluate.epochs={iters + 5}"],
+        [
+            f"out={out}",
+            f"evaluate.label_sources={','.join(sources)}",
+            f"evaluate.epochs={iters + 5}",
+            *overrides,
+        ],
     )
-    fabric = Fabric(accelerator="auto", devices=1)
+    fabric = engine.make_fabric(cfg.engine)  # the preset's precision, as in the evaluation
     images, labels, manifest = read_set(distilled_dir(cfg))
-    stream = Stream(len(images), images.shape[-1], cfg.evaluate.batch_size, 0)
+    stream = student_stream(cfg.evaluate, images, 0)
     scratch = Path(tempfile.mkdtemp(prefix="hellodd-bench-"))  # stored labels for the timed iterations
     built, cost = build_label_sources(cfg, fabric, images, stream, 0, len(manifest["classes"]), scratch)
-    models = {
-        s: build_model(student, len(manifest["classes"]), images.shape[1], images.shape[-1]).to(fabric.device)
-        for s in built
-    }
-    opts = {s: torch.optim.AdamW(m.parameters(), lr=1e-3) for s, m in models.items()}
+    steps = {}
+    for (
+        s
+    ) in built:  # each source its own student, set up as train_student does (compiled with evaluate.compile)
+        torch.manual_seed(0)
+        model = build_model(student, len(manifest["classes"]), images.shape[1], images.shape[-1])
+        opt = student_optimizer(model, cfg.evaluate.lr, cfg.evaluate.weight_decay)
+        steps[s] = fabric.setup(torch.compile(model) if cfg.evaluate.compile else model, opt)
     times = {s: [] for s in built}
     for it in range(iters + 5):
         for name, src in built.items():
+            model, opt = steps[name]
             t0 = time.perf_counter()
-            batches = src if isinstance(src, StoredLabels) else stream
-            idx, crops, mix = batches.batch_params(it, 0)
-            x = render(images, idx, crops, mix, fabric.device)
-            y = labels[idx].to(fabric.device)
-            loss = student_loss(cfg, models[name](x), src.targets(x, y, mix, it, 0), src.kind, y)
-            opts[name].zero_grad()
-            loss.backward()
-            opts[name].step()
-            if fabric.device.type == "cuda":
-                torch.cuda.synchronize()
+            student_step(cfg, fabric, model, opt, src, stream, images, labels, it, 0)
             times[name].append(time.perf_counter() - t0)
     shutil.rmtree(scratch, ignore_errors=True)
     return {
@@ -81,14 +84,23 @@ def main() -> None:
     ap.add_argument("--sources", default="hard,teacher,stored,projector")
     ap.add_argument("--student", default="convnet")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only:
-        print(json.dumps(measure(args.out, [args.only], args.iters, args.student, args.preset)))
+        print(
+            json.dumps(measure(args.out, [args.only], args.iters, args.student, args.preset, args.overrides))
+        )
         return
     sources = args.sources.split(",")
-    shared = measure(args.out, sources, args.iters, args.student, args.preset)
-    print(f"student {args.student}, batch of the preset, {args.iters} timed iterations per source (median)")
+    shared = measure(args.out, sources, args.iters, args.student, args.preset, args.overrides)
+    from hellodd import config as C
+
+    cfg = C.apply_overrides(C.preset(args.preset), args.overrides)
+    print(
+        f"student {args.student}, batch {cfg.evaluate.batch_size}, precision {cfg.engine.precision}, "
+        f"compile {cfg.evaluate.compile}; {args.iters} timed iterations per source (median)"
+    )
     print(f"{'source':<10} {'s/iter':>9} {'peak MiB (own process)':>24} {'extra storage (B)':>18}")
     for s in sources:
         r = subprocess.run(
@@ -105,6 +117,7 @@ def main() -> None:
                 "10",
                 "--only",
                 s,
+                *[f"--set={o}" for o in args.overrides],
             ],
             capture_output=True,
             text=True,

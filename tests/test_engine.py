@@ -73,3 +73,23 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_compile_frozen_labels_like_eager_and_keeps_freezing_to_itself():
+    import torch._inductor.config as inductor_config
+    from torch import nn
+
+    from hellodd.engine import compile_frozen
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)
+    )
+    x = torch.rand(6, 3, 8, 8)
+    model(x)
+    model.eval().requires_grad_(False)
+    with torch.inference_mode():
+        want = model(x)
+        got = compile_frozen(model)(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert inductor_config.freezing is False  # students compiled later are never frozen

@@ -83,6 +83,31 @@ def frozen(fabric, model: nn.Module) -> nn.Module:
     return fabric.to_device(model)
 
 
+class FrozenCompiled(nn.Module):
+    """A compiled frozen model whose weights inductor may treat as constants (``freezing``): BatchNorm folded
+    into the convolutions and oneDNN weights prepacked once.  Only for models whose weights never change
+    again (labellers, weak teachers) and only under ``torch.inference_mode`` / ``no_grad`` (inductor freezes
+    inference graphs only).  The setting is scoped to this model's calls, so compiled students, whose weights
+    change every step, are never frozen."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.compiled = torch.compile(model)
+
+    def forward(self, *args, **kwargs):
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):  # (re)compiles inside this model's calls see it
+            return self.compiled(*args, **kwargs)
+
+
+def compile_frozen(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for a labeller: see :class:`FrozenCompiled` (the demo's merged projector labels a
+    batch 1.5x faster than compiled without freezing, its teacher 1.1x; README, Performance)."""
+    return FrozenCompiled(model)
+
+
 def step_generator(seed: int, *keys: int) -> torch.Generator:
     """A CPU generator determined by (seed, keys): augmentation that replays after a resume."""
     g = torch.Generator()

@@ -106,6 +106,27 @@ def student_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) ->
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def student_step(
+    cfg: Config, fabric, model, opt, source, stream, images, labels, epoch: int, step: int
+) -> torch.Tensor:
+    """One student iteration, as timed per label source: render the batch's views, label them, one optimiser
+    step.  Stored labels replay their own copy of the stream's batches; other sources draw from ``stream``."""
+    batches = source if isinstance(source, StoredLabels) else stream
+    idx, crops, mix = batches.batch_params(epoch, step)
+    x = render(images, idx, crops, mix, fabric.device)
+    y = labels[idx].to(fabric.device)
+    with fabric.autocast():  # engine.precision: labels are generated at the student's precision
+        targets = source.targets(x, y, mix, epoch, step)
+        out = model(x).float()
+    loss = student_loss(cfg, out, targets, source.kind, y)
+    opt.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    opt.step()
+    if fabric.device.type == "cuda":
+        torch.cuda.synchronize()
+    return loss
+
+
 def train_student(
     cfg: Config, fabric, arch: str, source, images, labels, val, num_classes: int, seed: int, stream
 ) -> dict:
@@ -117,7 +138,6 @@ def train_student(
     plain = model  # validation runs on the uncompiled module (same parameters): no recompile for eval mode
     model, opt = fabric.setup(torch.compile(model) if ev.compile else model, opt)
     started = time.perf_counter()
-    batches = source if isinstance(source, StoredLabels) else stream
     times, step_total = [], 0
     model.train()
     bar = engine.progress(
@@ -128,18 +148,7 @@ def train_student(
             g["lr"] = lr * lr_factor(ev.schedule, epoch, ev.epochs)
         for step in range(stream.steps_per_epoch):
             t0 = time.perf_counter()
-            idx, crops, mix = batches.batch_params(epoch, step)
-            x = render(images, idx, crops, mix, fabric.device)
-            y = labels[idx].to(fabric.device)
-            with fabric.autocast():  # engine.precision: labels are generated at the student's precision
-                targets = source.targets(x, y, mix, epoch, step)
-                out = model(x).float()
-            loss = student_loss(cfg, out, targets, source.kind, y)
-            opt.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            opt.step()
-            if fabric.device.type == "cuda":
-                torch.cuda.synchronize()
+            loss = student_step(cfg, fabric, model, opt, source, stream, images, labels, epoch, step)
             times.append(time.perf_counter() - t0)
             step_total += 1
         bar.update(1)
@@ -252,7 +261,7 @@ def build_label_sources(
     for name in ONLINE:
         if name in built and name not in cache:
             if ev.compile:
-                built[name].model = torch.compile(built[name].model)
+                built[name].model = engine.compile_frozen(built[name].model)
             cache[name] = built[name], cost[name]
     return built, cost
 

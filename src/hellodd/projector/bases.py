@@ -92,10 +92,10 @@ class Projector(nn.Module):
         return self
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = resize(x, self.image_size)
+        if x.shape[1] == 1:  # grey after the resize: one channel resampled, not three identical ones
+            x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

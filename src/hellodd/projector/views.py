@@ -69,7 +69,7 @@ def adapt_to_views(
         q.requires_grad_("lora_" in n)
     teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
     if cfg.evaluate.compile:  # they label views exactly as online labellers do in the evaluation
-        teacher_models = torch.compile(teacher_models)
+        teacher_models = engine.compile_frozen(teacher_models)
     num_classes = len(proj.classes)
 
     train, held = (
