@@ -40,7 +40,9 @@ Outputs (the format is :mod:`hellodd.sets`'s) in ``<out>/distill/ipc<IPC>-<varia
 ``images.safetensors`` (uint8 images + int64 labels, manifest as metadata), ``manifest.json``, an
 ImageFolder tree of PNGs under ``png/``, ``contact_sheet.png``, the view-adapted ``adapters.safetensors``
 (when ``adapt_steps`` > 0), and config/metrics/storage JSON.
-Selection and update run on rank 0 (minutes on one device); other ranks wait.
+Across processes every step uses every rank: the selection splits the classes (each class draws from its
+own generator, so the set does not depend on the number of processes), the update splits the images and
+the view adaptation the rows of each batch; each rank then holds the gathered result and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -159,19 +161,26 @@ def agreement_on(observer, projector, images: torch.Tensor, batch: int = 250) ->
     return agreement(a, b)
 
 
-def update_objective(s, full_feats, projector, observer, factor, beta):
-    """L(s) for a batch of images ``s`` [J,C,S,S] given E(p_jk) as ``full_feats`` [J*K, D]."""
-    size = s.shape[-1]
+def update_objective(s, full_feats, projector, observer, factor, beta, batch: int | None = None):
+    """L(s) for a batch of images ``s`` [J,C,S,S] given E(p_jk) as ``full_feats`` [J*K, D].
+
+    Both terms are sums over images divided by ``batch`` (default J): a rank holding part of a batch passes
+    the whole batch's size, and the ranks' values (and gradients) add up to the whole batch's."""
+    size, batch = s.shape[-1], batch or len(s)
     slots = unstitch(s, factor).flatten(0, 1)
     up = (
         F.interpolate(slots, size=(size, size), mode="bilinear", align_corners=False) if factor > 1 else slots
     )
-    info = (projector.encode(up).float() - full_feats).pow(2).mean()
-    agree = F.kl_div(
-        F.log_softmax(projector(s).float(), -1),
-        F.log_softmax(observer(s).float(), -1),
-        log_target=True,
-        reduction="batchmean",
+    terms = batch * factor * factor * full_feats.shape[-1]  # the whole batch's J x K x D
+    info = (projector.encode(up).float() - full_feats).pow(2).sum() / terms
+    agree = (
+        F.kl_div(
+            F.log_softmax(projector(s).float(), -1),
+            F.log_softmax(observer(s).float(), -1),
+            log_target=True,
+            reduction="sum",
+        )
+        / batch
     )
     return info + beta * agree, info, agree
 
@@ -188,75 +197,140 @@ def update_optimizer(pixels: torch.Tensor, cfg: Config) -> torch.optim.Optimizer
 
 
 def image_update(
-    images, full_patches, projector, observer, cfg: Config, state_path: Path, bar=None, key: str = ""
+    images,
+    full_patches,
+    projector,
+    observer,
+    cfg: Config,
+    state_path: Path,
+    bar=None,
+    key: str = "",
+    fabric=None,
 ) -> tuple[torch.Tensor, list]:
     """Adam on pixels; resumable from ``state_path`` (saved every 20 iterations and at the end).  A state
     whose ``key`` (digest of the initial images, projector, observer and update settings) differs is stale:
-    it is ignored and overwritten, never resumed."""
+    it is ignored and overwritten, never resumed.
+
+    Across ranks, each holds a contiguous block of the images (:func:`hellodd.engine.block`) with its own Adam
+    state.  Every iteration the batch is the one-process batch; a rank takes its images in it and divides by
+    the whole batch's size, and every rank steps every iteration (images outside the batch move on their
+    momentum, as in one process).  Adam and the clamp act per pixel, so the result does not depend on the
+    number of processes, up to how the networks' kernels round batches of other sizes.  The state file holds
+    all images and Adam moments, gathered: a run resumes with any number of processes."""
     d = cfg.distill
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     dev = next(observer.parameters()).device
-    s = images.clone().to(dev).requires_grad_(True)
+    j, k = len(images), d.factor * d.factor
+    mine = engine.block(j, rank, world)
+    lo, hi = mine.start, mine.stop
+    s = images[lo:hi].clone().to(dev).requires_grad_(True)
     opt = update_optimizer(s, cfg)
-    total = update_iterations(cfg, len(images))
+    total = update_iterations(cfg, j)
     it, history = 0, []
     if state_path.exists():
         st = load_state(state_path)
         if st.get("key") == key and st["images"].shape == images.shape:
             with torch.no_grad():
-                s.copy_(st["images"].to(dev))
-            opt.load_state_dict(st["optimizer"])
+                s.copy_(st["images"][lo:hi].to(dev))
+            moments = st["optimizer"]
+            opt.load_state_dict(
+                {
+                    "state": {
+                        0: {
+                            "step": moments["step"],
+                            "exp_avg": moments["exp_avg"][lo:hi],
+                            "exp_avg_sq": moments["exp_avg_sq"][lo:hi],
+                        }
+                    },
+                    "param_groups": opt.state_dict()["param_groups"],
+                }
+            )
             it, history = st["iter"], st["history"]
-        else:
+        elif rank == 0:
             print(f"hellodd: {state_path} was made from other inputs; the image update starts afresh")
     with torch.no_grad():
-        full_feats = torch.cat(
-            [
-                projector.encode(full_patches[i : i + 256].to(dev)).float()
-                for i in range(0, len(full_patches), 256)
-            ]
+        mine_full = full_patches.view(j, k, *full_patches.shape[1:])[lo:hi].flatten(0, 1)
+        full_feats = (
+            torch.cat(
+                [
+                    projector.encode(mine_full[i : i + 256].to(dev)).float()
+                    for i in range(0, len(mine_full), 256)
+                ]
+            )
+            if len(mine_full)
+            else torch.zeros(0, device=dev)
         )
-    k = d.factor * d.factor
-    j = len(images)
     bsz = min(d.update_batch_size, j)
     die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
+    partial = torch.zeros(total, 3, dtype=torch.float64)  # this rank's share of loss, info, agreement
+    logged = it
     if bar is not None:
         bar.reset(total=total)
         bar.update(it)
     while it < total:
         start = (it * bsz) % j
         idx = torch.arange(start, start + bsz) % j
-        loss, info, agree = update_objective(
-            s[idx],
-            full_feats.view(j, k, -1)[idx].flatten(0, 1),
-            projector,
-            observer,
-            d.factor,
-            d.agreement_weight,
-        )
+        local = idx[(idx >= lo) & (idx < hi)] - lo
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if len(local):
+            loss, info, agree = update_objective(
+                s[local],
+                full_feats.view(hi - lo, k, -1)[local].flatten(0, 1),
+                projector,
+                observer,
+                d.factor,
+                d.agreement_weight,
+                batch=bsz,
+            )
+            loss.backward()
+            partial[it] = torch.tensor([loss.item(), info.item(), agree.item()], dtype=torch.float64)
+        else:  # none of this rank's images in the batch: a zero gradient, so Adam still steps (momentum)
+            s.grad = torch.zeros_like(s)
         opt.step()
         with torch.no_grad():
             s.clamp_(0, 1)
         it += 1
-        history.append({"iter": it, "loss": loss.item(), "info": info.item(), "agreement_kl": agree.item()})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.set_postfix(loss=f"{partial[it - 1, 0].item():.4f}", refresh=False)
         if die_at and it == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if it % 20 == 0 or it == total:
-            save_state(
-                state_path,
-                {
-                    "images": s.detach().cpu(),
-                    "optimizer": opt.state_dict(),
-                    "iter": it,
-                    "history": history,
-                    "key": key,
-                },
-            )
-    return s.detach().cpu(), history
+            history += _whole_batch_history(fabric, partial, logged, it)
+            logged = it
+            state = {
+                "images": _gathered(fabric, s.detach(), j),
+                "optimizer": _gathered_moments(fabric, opt, s, j),
+                "iter": it,
+                "history": history,
+                "key": key,
+            }
+            if rank == 0:
+                save_state(state_path, state)
+    return _gathered(fabric, s.detach(), j), history
+
+
+def _gathered(fabric, t: torch.Tensor, n: int) -> torch.Tensor:
+    return (engine.gather_blocks(fabric, t, n) if fabric is not None else t).cpu()
+
+
+def _gathered_moments(fabric, opt, s, n: int) -> dict:
+    st = opt.state[s]
+    return {
+        "step": st["step"].detach().cpu().clone(),
+        "exp_avg": _gathered(fabric, st["exp_avg"], n),
+        "exp_avg_sq": _gathered(fabric, st["exp_avg_sq"], n),
+    }
+
+
+def _whole_batch_history(fabric, partial: torch.Tensor, first: int, last: int) -> list[dict]:
+    rows = partial[first:last]
+    if fabric is not None and fabric.world_size > 1:
+        rows = fabric.all_reduce(rows.to(fabric.device), reduce_op="sum").cpu()
+    return [
+        {"iter": first + i + 1, "loss": r[0].item(), "info": r[1].item(), "agreement_kl": r[2].item()}
+        for i, r in enumerate(rows)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,6 +349,7 @@ def init_inputs(cfg: Config, observer_path: str | None) -> dict:
         "seed": cfg.engine.seed,
         "selection": {k: getattr(cfg.distill, k) for k in SELECTION_FIELDS},
         "observer_sha256": sha256(observer_path) if observer_path and cfg.distill.init == "rded" else None,
+        "generators": "per class",  # select_class: a selection cached by the one-generator code is not reused
     }
 
 
@@ -313,109 +388,133 @@ def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> d
     return result
 
 
+SELECTION_STREAM = 3 * 10**6  # per-class generators: step_generator(seed, SELECTION_STREAM, class)
+
+
+def select_class(cfg: Config, bundle, observer, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class ``c``'s initial images [IPC, C, S, S] and their full-resolution patches [IPC*f^2, C, S, S] (slot
+    order), from the class's own generator: the same whichever rank selects it."""
+    d = cfg.distill
+    gen = engine.step_generator(cfg.engine.seed, SELECTION_STREAM, c)
+    pool_idx = class_indices(bundle.train.targets, c)
+    pick = pool_idx[torch.randperm(len(pool_idx), generator=gen)]
+    if d.init == "random":
+        if len(pick) < d.ipc:
+            raise UserError(f"distill: class {c} has only {len(pick)} training images for IPC {d.ipc}")
+        x = to_float(torch.stack([bundle.train[i][0] for i in pick[: d.ipc].tolist()]))
+        return x, x
+    cand = torch.stack([bundle.train[i][0] for i in pick[: d.candidates_per_class].tolist()])
+    chosen, boxes, _ = rded_class(
+        observer, cand, c, d.ipc, d.factor, d.crops_per_image, gen, d.score_batch_size, d.crop_min_scale
+    )
+    src = chosen // d.crops_per_image
+    size = cand.shape[-1]
+    images = stitch(cut_patches(cand, src, boxes, size // d.factor), d.ipc, d.factor)
+    full = cut_patches(cand, src, boxes, size)  # slot order: patch k*IPC+t -> image t slot k
+    return images, full.view(d.factor * d.factor, d.ipc, *full.shape[1:]).transpose(0, 1).flatten(0, 1)
+
+
+def select(cfg: Config, fabric, bundle, observer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RDED (or random) initial images for every class, the classes split across ranks in blocks and
+    gathered on every rank in class order."""
+    d = cfg.distill
+    classes = engine.block(bundle.num_classes, fabric.global_rank, fabric.world_size)
+    bar = engine.progress(
+        fabric, total=len(classes), desc=f"distill init ({d.init}, IPC {d.ipc})", unit="class"
+    )
+    imgs, fulls = [], []
+    for c in classes:
+        x, full = select_class(cfg, bundle, observer, c)
+        imgs.append(x)
+        fulls.append(full)
+        bar.update(1)
+    bar.close()
+    s, ch = bundle.image_size, bundle.channels
+    per_class = d.ipc * (1 if d.init == "random" else d.factor * d.factor)
+    images = torch.cat(imgs) if imgs else torch.zeros(0, ch, s, s)
+    full = torch.cat(fulls) if fulls else torch.zeros(0, ch, s, s)
+    # blocks of classes -> blocks of rows: rank r's rows are exactly its classes' rows
+    images = engine.gather_blocks(fabric, images.view(len(classes), d.ipc, ch, s, s), bundle.num_classes)
+    full = engine.gather_blocks(fabric, full.view(len(classes), per_class, ch, s, s), bundle.num_classes)
+    labels = torch.arange(bundle.num_classes).repeat_interleave(d.ipc)
+    return images.flatten(0, 1).cpu(), labels, full.flatten(0, 1).cpu()
+
+
 def run_distill(cfg: Config, fabric) -> dict:
+    """Every rank runs every step on its share (classes for the selection, images for the update, batch
+    rows for the view adaptation) and holds the gathered result; rank 0 writes."""
     from hellodd.models import load_classifier
     from hellodd.teachers import load_pool
 
     d = cfg.distill
     out = distilled_dir(cfg)
     bundle = load_data(cfg.data, cfg.engine.seed)
-    metrics: dict = {"variant": variant(cfg), "ipc": d.ipc, "factor": d.factor}
+    metrics: dict = {
+        "variant": variant(cfg),
+        "ipc": d.ipc,
+        "factor": d.factor,
+        "world_size": fabric.world_size,
+    }
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "distill")
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.engine.seed)
-        targets = bundle.train.targets
-        observer_path = load_pool(cfg)["final_path"] if d.init == "rded" else None
-        observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
-        init_key = digest(init_inputs(cfg, observer_path))
-        init_path = out / "init.safetensors"
-        cached = load_tensors(init_path) if init_path.exists() and d.init != "folder" else None
-        if d.init == "folder":
-            images, labels = outside_images(cfg, bundle)
-            full = images
-        elif cached and cached[1].get("key") == init_key:
-            t = cached[0]
-            images, labels, full = t["images"], t["labels"], t["full_patches"]
-        else:
-            if cached:
-                fabric.print(f"hellodd: {init_path} was made from other inputs; selecting afresh")
-            imgs, labs, fulls = [], [], []
-            bar = engine.progress(
-                fabric, total=bundle.num_classes, desc=f"distill init ({d.init}, IPC {d.ipc})", unit="class"
-            )
-            for c in range(bundle.num_classes):
-                pool_idx = class_indices(targets, c)
-                pick = pool_idx[torch.randperm(len(pool_idx), generator=gen)]
-                if d.init == "random":
-                    if len(pick) < d.ipc:
-                        raise UserError(
-                            f"distill: class {c} has only {len(pick)} training images for IPC {d.ipc}"
-                        )
-                    x = to_float(torch.stack([bundle.train[i][0] for i in pick[: d.ipc].tolist()]))
-                    imgs.append(x)
-                    fulls.append(x)
-                else:
-                    cand = torch.stack([bundle.train[i][0] for i in pick[: d.candidates_per_class].tolist()])
-                    chosen, boxes, _ = rded_class(
-                        observer,
-                        cand,
-                        c,
-                        d.ipc,
-                        d.factor,
-                        d.crops_per_image,
-                        gen,
-                        d.score_batch_size,
-                        d.crop_min_scale,
-                    )
-                    src = chosen // d.crops_per_image
-                    size = cand.shape[-1]
-                    imgs.append(stitch(cut_patches(cand, src, boxes, size // d.factor), d.ipc, d.factor))
-                    full = cut_patches(cand, src, boxes, size)  # slot order: patch k*IPC+t -> image t slot k
-                    fulls.append(
-                        full.view(d.factor * d.factor, d.ipc, *full.shape[1:]).transpose(0, 1).flatten(0, 1)
-                    )
-                labs.append(torch.full((d.ipc,), c, dtype=torch.long))
-                bar.update(1)
-            bar.close()
-            images, labels, full = torch.cat(imgs), torch.cat(labs), torch.cat(fulls)
+    fabric.barrier()
+    t0 = time.perf_counter()
+    observer_path = load_pool(cfg)["final_path"] if d.init == "rded" else None
+    observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
+    init_key = digest(init_inputs(cfg, observer_path))
+    init_path = out / "init.safetensors"
+    cached = load_tensors(init_path) if init_path.exists() and d.init != "folder" else None
+    fabric.barrier()  # every rank has read the cache before rank 0 may replace it
+    if d.init == "folder":
+        images, labels = outside_images(cfg, bundle)
+        full = images
+    elif cached and cached[1].get("key") == init_key:
+        t = cached[0]
+        images, labels, full = t["images"], t["labels"], t["full_patches"]
+    else:
+        if cached:
+            fabric.print(f"hellodd: {init_path} was made from other inputs; selecting afresh")
+        images, labels, full = select(cfg, fabric, bundle, observer)
+        if fabric.is_global_zero:
             save_tensors(
                 init_path, {"images": images, "labels": labels, "full_patches": full}, {"key": init_key}
             )
-        metrics["init_seconds"] = time.perf_counter() - t0
-        if d.update and d.init == "rded":
-            from hellodd.projector import load_projector, projector_path
+    metrics["init_seconds"] = time.perf_counter() - t0
+    if d.update and d.init == "rded":
+        from hellodd.projector import load_projector, projector_path
 
-            projector = engine.frozen(
-                fabric, load_projector(projector_path(cfg), fabric.device, Path(cfg.out) / "cache")
-            )
-            metrics["agreement_before"] = agreement_on(observer, projector, images)
-            total = update_iterations(cfg, len(images))
-            bar = engine.progress(fabric, total=total, desc="image update", unit="it")
-            t1 = time.perf_counter()
-            update_key = digest(
-                {
-                    "init": init_key,
-                    "projector_sha256": sha256(projector_path(cfg)),
-                    "update": {k: getattr(d, k) for k in UPDATE_FIELDS},
-                }
-            )
-            images, history = image_update(
-                images, full, projector, observer, cfg, out / "state.pt", bar, update_key
-            )
-            metrics["update_iterations"] = total
-            bar.close()
-            metrics["update_seconds"] = time.perf_counter() - t1
-            metrics["agreement_after"] = agreement_on(observer, projector, images)
-            metrics["objective_first"], metrics["objective_last"] = history[0]["loss"], history[-1]["loss"]
-            metrics["objective"] = history
-        images_u8 = to_uint8(images)
-        adapted = adapted_projector_path(cfg)
-        if d.adapt_steps > 0:
-            metrics["adapt"] = adapt_projector(cfg, fabric, images_u8, labels, bundle, out)
-        elif adapted.exists():
-            adapted.unlink()  # from an earlier run with adapt_steps > 0: these images have no adapted projector
+        projector = engine.frozen(
+            fabric, load_projector(projector_path(cfg), fabric.device, Path(cfg.out) / "cache")
+        )
+        metrics["agreement_before"] = agreement_on(observer, projector, images)
+        total = update_iterations(cfg, len(images))
+        bar = engine.progress(fabric, total=total, desc="image update", unit="it")
+        t1 = time.perf_counter()
+        update_key = digest(
+            {
+                "state_format": 2,  # gathered images and Adam moments: resumable with any number of ranks
+                "init": init_key,
+                "projector_sha256": sha256(projector_path(cfg)),
+                "update": {k: getattr(d, k) for k in UPDATE_FIELDS},
+            }
+        )
+        images, history = image_update(
+            images, full, projector, observer, cfg, out / "state.pt", bar, update_key, fabric
+        )
+        metrics["update_iterations"] = total
+        bar.close()
+        metrics["update_seconds"] = time.perf_counter() - t1
+        metrics["agreement_after"] = agreement_on(observer, projector, images)
+        metrics["objective_first"], metrics["objective_last"] = history[0]["loss"], history[-1]["loss"]
+        metrics["objective"] = history
+    images_u8 = to_uint8(images)
+    adapted = adapted_projector_path(cfg)
+    if d.adapt_steps > 0:
+        metrics["adapt"] = adapt_projector(cfg, fabric, images_u8, labels, bundle, out)
+    elif adapted.exists() and fabric.is_global_zero:
+        adapted.unlink()  # from an earlier run with adapt_steps > 0: these images have no adapted projector
+    if fabric.is_global_zero:
         manifest = {
             "classes": bundle.classes,
             "ipc": d.ipc,
@@ -432,20 +531,25 @@ def run_distill(cfg: Config, fabric) -> dict:
         metrics["seconds"] = time.perf_counter() - t0
         metrics["manifest"] = manifest
         write_results(out, metrics, {"what": "distilled images", **manifest["bytes"]})
-        line = f"distill {variant(cfg)} IPC {d.ipc}: {len(images_u8)} images in {metrics['seconds']:.0f} s"
-        if "agreement_after" in metrics:
-            b, a = metrics["agreement_before"], metrics["agreement_after"]
-            line += (
-                f"; observer-projector top-1 agreement {b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, "
-                f"KL {b['kl']:.3f} -> {a['kl']:.3f}; objective {metrics['objective_first']:.4f} -> {metrics['objective_last']:.4f}"
-            )
-        if "adapt" in metrics:
-            b, a = metrics["adapt"]["agreement_before"], metrics["adapt"]["agreement_after"]
-            line += (
-                f"; projector adapted to this set's student views ({d.adapt_steps} steps, "
-                f"{metrics['adapt']['seconds']:.0f} s): top-1 agreement with its weak teachers on held-out views "
-                f"{b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, logit MSE {b['logit_mse']:.3f} -> {a['logit_mse']:.3f}"
-            )
-        metrics["summary"] = line
+        metrics["summary"] = _summary(cfg, metrics, len(images_u8))
     fabric.barrier()
     return metrics
+
+
+def _summary(cfg: Config, metrics: dict, count: int) -> str:
+    d = cfg.distill
+    line = f"distill {variant(cfg)} IPC {d.ipc}: {count} images in {metrics['seconds']:.0f} s"
+    if "agreement_after" in metrics:
+        b, a = metrics["agreement_before"], metrics["agreement_after"]
+        line += (
+            f"; observer-projector top-1 agreement {b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, "
+            f"KL {b['kl']:.3f} -> {a['kl']:.3f}; objective {metrics['objective_first']:.4f} -> {metrics['objective_last']:.4f}"
+        )
+    if "adapt" in metrics:
+        b, a = metrics["adapt"]["agreement_before"], metrics["adapt"]["agreement_after"]
+        line += (
+            f"; projector adapted to this set's student views ({d.adapt_steps} steps, "
+            f"{metrics['adapt']['seconds']:.0f} s): top-1 agreement with its weak teachers on held-out views "
+            f"{b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, logit MSE {b['logit_mse']:.3f} -> {a['logit_mse']:.3f}"
+        )
+    return line

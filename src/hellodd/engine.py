@@ -172,6 +172,38 @@ def loader(
     return fabric.setup_dataloaders(dl, use_distributed_sampler=False)
 
 
+def block(n: int, rank: int, world: int) -> range:
+    """Rank ``rank``'s contiguous share of ``n`` items (classes, images, rows of a batch): the first
+    ``n % world`` ranks take one more.  Concatenated in rank order, the blocks are ``range(n)``."""
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return range(start, start + size + (rank < extra))
+
+
+def gather_blocks(fabric, t: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's rows, concatenated in rank order, on every rank (on ``t``'s device).  ``t`` holds this
+    rank's share of ``n`` rows, in the proportions of :func:`block`; shares may differ in length."""
+    world = fabric.world_size
+    if world == 1:
+        return t
+    counts = [len(block(n, r, world)) for r in range(world)]
+    padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=fabric.device)
+    padded[: len(t)] = t.to(fabric.device)
+    everything = fabric.all_gather(padded)  # [world, max(counts), ...]
+    return torch.cat([everything[r, :c] for r, c in enumerate(counts)]).to(t.device)
+
+
+def all_reduce_grads(fabric, params: list[torch.Tensor]) -> None:
+    """Sum the gradients of ``params`` over ranks, in one flat all-reduce (a no-op on one process).  Each
+    rank's loss is already weighted by its share of the batch, so the sum is the whole batch's gradient."""
+    if fabric.world_size == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = fabric.all_reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="sum")
+    for p, g in zip(params, flat.split([q.numel() for q in params])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def steps_per_epoch(n: int, batch_size: int, world: int, drop_last: bool = False) -> int:
     per_rank = math.ceil(n / world)
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)

@@ -52,7 +52,9 @@ def adapt_to_views(
     never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.  The result is
     written beside the distilled set as ``adapters.safetensors``, a file of the same size as the transfer's.
     Agreement with the teachers is measured before and after on a held-out stream.  Resumable (state every
-    50 steps).  Rank 0 only, with plain ``backward`` (no DDP); bf16 autocast works, fp16 would need a scaler.
+    50 steps).  Across ranks, every rank renders the whole batch and trains on its block of rows; the
+    gradients, weighted by each block's share, are summed (one all-reduce), so every rank takes the one-process
+    step up to the order of that sum.  bf16 autocast works, fp16 would need a scaler.
     """
     from dataclasses import replace
 
@@ -97,20 +99,25 @@ def adapt_to_views(
             opt.load_state_dict(st["optimizer"])
             step = st["step"]
         else:  # other steps, stage-3 adapters or images: never resumed, never reused
-            print(f"hellodd: {state_path} was made from other inputs; adapting afresh")
+            fabric.print(f"hellodd: {state_path} was made from other inputs; adapting afresh")
     if bar is not None:
         bar.update(step)
     die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
     t0 = time.perf_counter()
     proj.train()
+    trainable = [q for q in proj.parameters() if q.requires_grad]
     while step < total:
         set_lr(opt, step, total, warm)
         idx, crops, mix = train.batch_params(*divmod(step, train.steps_per_epoch))
-        x = render(images, idx, crops, mix, fabric.device)
+        x = render(images, idx, crops, mix, fabric.device)  # the whole batch (CutMix pairs rows across it)
         y = mixed_one_hot(labels[idx].to(fabric.device), num_classes, mix)
-        loss, mse, ce = transfer_loss(fabric, proj, teacher_models, x, y, pcfg.ce_weight)
+        rows = engine.block(len(x), fabric.global_rank, fabric.world_size)  # this rank's rows of it
+        loss, mse, ce = transfer_loss(
+            fabric, proj, teacher_models, x[rows.start : rows.stop], y[rows.start : rows.stop], pcfg.ce_weight
+        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (len(rows) / len(x)) if fabric.world_size > 1 else loss).backward()
+        engine.all_reduce_grads(fabric, trainable)  # summed shares: the whole batch's gradient on every rank
         opt.step()
         step += 1
         if bar is not None:
@@ -118,7 +125,7 @@ def adapt_to_views(
             bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
         if die_at and step == die_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        if step % 50 == 0 or step == total:
+        if (step % 50 == 0 or step == total) and fabric.is_global_zero:  # ranks hold identical adapters
             state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
             save_state(state_path, {**state, **key})
     seconds = time.perf_counter() - t0
@@ -133,7 +140,9 @@ def adapt_to_views(
         "adapt_steps": total,
         "teachers": meta.get("teachers"),
     }
-    save_adapters(path, proj, pcfg, extra)
+    if fabric.is_global_zero:
+        save_adapters(path, proj, pcfg, extra)
+    fabric.barrier()
     return {
         "steps": total,
         "seconds": seconds,
