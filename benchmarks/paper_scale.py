@@ -17,7 +17,7 @@ Each iteration is the evaluation's own step (:func:`hellodd.evaluate.student_ste
 the set with random-resized crops, flips and CutMix, the source's targets, the student's forward, backward and
 AdamW step).  Timing: the sources interleaved round-robin in one process, so machine load hits them alike;
 the median of ``--iters`` iterations after ``--warmup``.  Memory: each (source, precision) again in a fresh
-process: CUDA max allocated on a GPU, peak RSS on a CPU (which includes the other models built there).
+process, which builds only that source's models: CUDA max allocated on a GPU, peak RSS on a CPU.
 Prints what it measured, with the ratio projector / teacher per precision; asserts nothing.
 
 The paper (RTX A5000, batch 100): 0.21 s (HeLlO) vs 0.12 s (RDED) per iteration, 4,004 vs 4,538 MiB.  FLOPs
@@ -63,8 +63,9 @@ def clip_projector(pcfg, classes: list[str]):
     return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)
 
 
-def _setting(device: str, precision: str):
-    """The config, Fabric, the generated set and every label source, built as hellodd builds them."""
+def _setting(device: str, precision: str, wanted: list[str]):
+    """The config, Fabric, the generated set and the ``wanted`` label sources, built as hellodd builds them
+    (only those, so a process measuring one source holds only its models)."""
     from dataclasses import replace
 
     from lightning_fabric import Fabric
@@ -84,15 +85,14 @@ def _setting(device: str, precision: str):
     images = torch.randint(0, 256, (CLASSES, 3, 224, 224), dtype=torch.uint8)  # one image per class
     labels = torch.arange(CLASSES)
     classes = [f"class {c}" for c in range(CLASSES)]
-    teacher = build_model("resnet18", CLASSES, 3, 224).eval().requires_grad_(False)
-    proj = clip_projector(cfg.projector, classes)
-    add_adapters(proj, cfg.projector.encoder_rank, cfg.projector.head_rank)
-    proj = merged_for_inference(proj)
-    sources = {
-        "hard": HardLabels(CLASSES),
-        "teacher": ModelLabels("teacher", fabric.to_device(teacher)),
-        "projector": ModelLabels("projector", fabric.to_device(proj)),
-    }
+    sources = {"hard": HardLabels(CLASSES)}
+    if "teacher" in wanted:
+        teacher = build_model("resnet18", CLASSES, 3, 224).eval().requires_grad_(False)
+        sources["teacher"] = ModelLabels("teacher", fabric.to_device(teacher))
+    if "projector" in wanted:
+        proj = clip_projector(cfg.projector, classes)
+        add_adapters(proj, cfg.projector.encoder_rank, cfg.projector.head_rank)
+        sources["projector"] = ModelLabels("projector", fabric.to_device(merged_for_inference(proj)))
     return cfg, fabric, images, labels, sources, build_model
 
 
@@ -101,7 +101,7 @@ def measure(device: str, precision: str, batch: int, iters: int, warmup: int, so
     from hellodd.labels import Stream
     from hellodd.report import peak_memory_mib
 
-    cfg, fabric, images, labels, built, build_model = _setting(device, precision)
+    cfg, fabric, images, labels, built, build_model = _setting(device, precision, sources)
     stream = Stream(len(images), 224, batch, 0, min_scale=cfg.evaluate.crop_min_scale)
     steps = {}
     for s in sources:
