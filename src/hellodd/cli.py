@@ -62,7 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, help="global seed")
     p = _Parser(
         prog="hellodd",
-        description=__doc__.split("\n\n")[0],
+        description=(
+            "Dataset distillation with light labels (HeLlO): a few images per class, labelled by a small LoRA\n"
+            "projector instead of stored teacher outputs. 'hellodd run' runs every stage; each command below\n"
+            "runs one. Outputs go to --out (default runs/<preset>); each stage prints where it wrote."
+        ),
+        epilog=(
+            "examples:\n"
+            "  hellodd run                                   the Fashion-MNIST demo, every stage (about 25 min, CPU)\n"
+            "  hellodd run --preset imagenet-1k --data DIR --clip-checkpoint RN50.pt --devices 8\n"
+            "  hellodd evaluate --out runs/x --set 'evaluate.students=[resnet18]'\n"
+            "  hellodd export --out runs/x --tar             one folder (or .tar) anyone opens with hellodd.load\n"
+            "Run 'hellodd COMMAND --help' for a command's options; bad input exits with code 2 and one line."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from hellodd import __version__
@@ -129,7 +141,20 @@ def build_config(args: argparse.Namespace):
     return C.apply_overrides(cfg, overrides)
 
 
+WRITERS = ("run", "teachers", "projector", "distill", "evaluate", "export")  # commands that write into --out
+
+
 def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
+    if command in WRITERS:
+        from hellodd.lock import FolderLock
+
+        with FolderLock(cfg.out, command):  # one writer per run folder
+            _dispatch(cfg, command, args)
+    else:
+        _dispatch(cfg, command, args)
+
+
+def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     from hellodd import engine
 
     if command == "report":
@@ -160,26 +185,39 @@ def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     fabric = engine.make_fabric(cfg.engine)
     if command == "run":
         from hellodd.pipeline import run_all
-
-        results = run_all(cfg, fabric)
-    elif command == "teachers" and args.import_paths:
-        from hellodd.pool_import import import_teachers
-
-        results = {"teachers": import_teachers(cfg, fabric, args.import_paths)}
-    else:
-        results = run_stage(cfg, fabric, command)
-    if fabric.is_global_zero:
         from hellodd.summary import summarise
 
-        print(summarise(cfg, results))
+        results = run_all(cfg, fabric)
+        if fabric.is_global_zero:
+            print("\n" + summarise(cfg, results))
+        return
+    from hellodd.summary import announce
+
+    if command == "teachers" and args.import_paths:
+        from hellodd.pool_import import import_teachers
+
+        result = import_teachers(cfg, fabric, args.import_paths)
+    else:
+        result = run_stage(cfg, fabric, command)
+    announce(cfg, fabric, command, result)
+    if command == "evaluate" and fabric.is_global_zero:
+        print("\n" + result["table"])
 
 
 def run_stage(cfg, fabric, stage: str) -> dict:
-    """One stage by name (``teachers``, ``projector``, ``distill``, ``evaluate``)."""
+    """One stage by name (``teachers``, ``projector``, ``distill``, ``evaluate``): its metrics."""
     import importlib
 
     module, function = STAGES[stage]
-    return {stage: getattr(importlib.import_module(f"hellodd.{module}"), function)(cfg, fabric)}
+    return getattr(importlib.import_module(f"hellodd.{module}"), function)(cfg, fabric)
+
+
+def _one_line(e: UserError) -> str:
+    """The message of a UserError, also when a DataLoader worker re-raised it wrapped in its traceback."""
+    text = str(e).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("UserError: ", 1)[-1]
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,15 +228,26 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse already printed its one-line error
         return int(e.code or 0)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    from hellodd import engine
+
+    handlers = engine.install_stop_handlers()  # SIGTERM / Ctrl-C: checkpoint, then stop (engine.Preempted)
     try:
         cfg = None if args.command in ("report", "verify") else build_config(args)
         dispatch(cfg, args.command, args)
     except UserError as e:
-        print(f"hellodd: error: {e}", file=sys.stderr)
+        print(f"hellodd: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except engine.Preempted as e:
+        print(f"hellodd: {e}", file=sys.stderr)
+        return 143 if e.signal.startswith("SIGTERM") else 130
     except KeyboardInterrupt:
-        print("hellodd: interrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            "hellodd: interrupted before the next checkpoint; run the same command to resume from the last one",
+            file=sys.stderr,
+        )
         return 130
+    finally:
+        engine.restore_handlers(handlers)
     return 0
 
 

@@ -554,6 +554,17 @@ def validate(cfg: Config) -> None:
             "at least one seed and one student",
         ),
     ]
+    from hellodd.models import TORCHVISION_ARCHS, is_architecture
+
+    archs = f"convnet, convnet-dN, convnet-dN-wM or one of {', '.join(TORCHVISION_ARCHS)}"
+    checks += [
+        (is_architecture(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),
+        (
+            all(is_architecture(a) for a in cfg.evaluate.students),
+            "evaluate.students",
+            f"a list of {archs} (not {[a for a in cfg.evaluate.students if not is_architecture(a)]})",
+        ),
+    ]
     for ok, key, want in checks:
         if not ok:
             raise UserError(f"--set {key}: must be {want}")

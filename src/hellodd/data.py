@@ -77,7 +77,12 @@ class FolderImages(Dataset):
 
     def __getitem__(self, i: int):
         path, target = self.folder.samples[self.indices[i]]
-        img = self.folder.loader(path).convert("RGB")
+        try:  # a corrupt or non-image file is refused, naming it: skipping would change the dataset silently
+            img = self.folder.loader(path).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / unidentified files
+            raise UserError(
+                f"{path}: not a readable image ({str(e).splitlines()[0][:120]}); remove or replace it"
+            ) from None
         return self.transform(img), target
 
 

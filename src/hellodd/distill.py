@@ -48,8 +48,7 @@ the view adaptation the rows of each batch; each rank then holds the gathered re
 from __future__ import annotations
 
 import math
-import os
-import signal
+import shutil
 import time
 from pathlib import Path
 
@@ -100,7 +99,10 @@ def rded_class(
     n, _, s, _ = images.shape
     need = ipc * factor * factor
     if n < need:
-        raise UserError(f"distill: class {c} has {n} candidate images, fewer than IPC x factor^2 = {need}")
+        raise UserError(
+            f"--set distill.ipc={ipc}: class {c} has {n} candidate images, fewer than IPC x factor^2 = {need} "
+            "(lower distill.ipc or distill.factor, or raise distill.candidates_per_class)"
+        )
     size = s // factor
     boxes = sample_crops(n * crops, gen, scale=(min_scale, 1.0), ratio=(1.0, 1.0), flip=False).as_tensor()
     src = torch.arange(n).repeat_interleave(crops)
@@ -261,7 +263,6 @@ def image_update(
             else torch.zeros(0, device=dev)
         )
     bsz = min(d.update_batch_size, j)
-    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
     partial = torch.zeros(total, 3, dtype=torch.float64)  # this rank's share of loss, info, agreement
     logged = it
     if bar is not None:
@@ -293,9 +294,9 @@ def image_update(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{partial[it - 1, 0].item():.4f}", refresh=False)
-        if die_at and it == die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if it % 20 == 0 or it == total:
+        engine.test_signal(it)
+        stop = engine.stop_requested(fabric)
+        if it % 20 == 0 or it == total or stop:
             history += _whole_batch_history(fabric, partial, logged, it)
             logged = it
             state = {
@@ -307,6 +308,8 @@ def image_update(
             }
             if rank == 0:
                 save_state(state_path, state)
+            if stop:
+                raise engine.Preempted("image update", it, total, state_path)
     return _gathered(fabric, s.detach(), j), history
 
 
@@ -400,7 +403,7 @@ def select_class(cfg: Config, bundle, observer, c: int) -> tuple[torch.Tensor, t
     pick = pool_idx[torch.randperm(len(pool_idx), generator=gen)]
     if d.init == "random":
         if len(pick) < d.ipc:
-            raise UserError(f"distill: class {c} has only {len(pick)} training images for IPC {d.ipc}")
+            raise UserError(f"--set distill.ipc={d.ipc}: class {c} has only {len(pick)} training images")
         x = to_float(torch.stack([bundle.train[i][0] for i in pick[: d.ipc].tolist()]))
         return x, x
     cand = torch.stack([bundle.train[i][0] for i in pick[: d.candidates_per_class].tolist()])
@@ -414,20 +417,33 @@ def select_class(cfg: Config, bundle, observer, c: int) -> tuple[torch.Tensor, t
     return images, full.view(d.factor * d.factor, d.ipc, *full.shape[1:]).transpose(0, 1).flatten(0, 1)
 
 
-def select(cfg: Config, fabric, bundle, observer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def select(cfg: Config, fabric, bundle, observer, folder: Path | None = None, key: str = ""):
     """RDED (or random) initial images for every class, the classes split across ranks in blocks and
-    gathered on every rank in class order."""
+    gathered on every rank in class order: (images, labels, full-resolution patches).
+
+    Resumable: each finished class is kept in ``folder`` (one file per class, with ``key``, the digest of
+    everything the selection depends on); a class file with another key is recomputed."""
     d = cfg.distill
     classes = engine.block(bundle.num_classes, fabric.global_rank, fabric.world_size)
     bar = engine.progress(
         fabric, total=len(classes), desc=f"distill init ({d.init}, IPC {d.ipc})", unit="class"
     )
     imgs, fulls = [], []
-    for c in classes:
-        x, full = select_class(cfg, bundle, observer, c)
+    for done, c in enumerate(classes, 1):
+        path = folder / f"class{c:05d}.safetensors" if folder is not None else None
+        kept = load_tensors(path) if path is not None and path.is_file() else None
+        if kept and kept[1].get("key") == key:
+            x, full = kept[0]["images"], kept[0]["full_patches"]
+        else:
+            x, full = select_class(cfg, bundle, observer, c)
+            if path is not None:
+                save_tensors(path, {"images": x, "full_patches": full}, {"key": key, "class": str(c)})
         imgs.append(x)
         fulls.append(full)
         bar.update(1)
+        engine.test_signal(done)
+        if engine.stop_requested() and fabric.world_size == 1:
+            raise engine.Preempted("distill selection", done, len(classes), folder)
     bar.close()
     s, ch = bundle.image_size, bundle.channels
     per_class = d.ipc * (1 if d.init == "random" else d.factor * d.factor)
@@ -475,11 +491,13 @@ def run_distill(cfg: Config, fabric) -> dict:
     else:
         if cached:
             fabric.print(f"hellodd: {init_path} was made from other inputs; selecting afresh")
-        images, labels, full = select(cfg, fabric, bundle, observer)
+        per_class = out / "init-classes"  # finished classes, kept until the whole selection is written
+        images, labels, full = select(cfg, fabric, bundle, observer, per_class, init_key)
         if fabric.is_global_zero:
             save_tensors(
                 init_path, {"images": images, "labels": labels, "full_patches": full}, {"key": init_key}
             )
+            shutil.rmtree(per_class, ignore_errors=True)
     metrics["init_seconds"] = time.perf_counter() - t0
     if d.update and d.init == "rded":
         from hellodd.projector import load_projector, projector_path

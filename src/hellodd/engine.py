@@ -8,14 +8,16 @@
 * :class:`ShardSampler` gives every rank a disjoint, seeded share of each epoch and can start
   mid-epoch, so a resumed run sees exactly the batches an uninterrupted one would.
 * :func:`evaluate` counts correct predictions on an unpadded shard per rank and sums across ranks.
-* :func:`progress` is a tqdm bar on rank 0 only, throttled when stderr is not a terminal.
+* :func:`progress` is a tqdm bar on rank 0 only; in a log file, plain lines (:class:`LogProgress`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 
 import torch
@@ -81,6 +83,69 @@ def frozen(fabric, model: nn.Module) -> nn.Module:
     """Eval mode, no gradients, on the device; never wrapped in DDP."""
     model.eval().requires_grad_(False)
     return fabric.to_device(model)
+
+
+# --------------------------------------------------------------------------------------------------
+# pre-emption: SIGTERM (what schedulers send first) or Ctrl-C asks the running loop to checkpoint and stop
+
+_STOP: dict = {"signal": None}
+
+
+class Preempted(Exception):
+    """Raised by a loop that has written its checkpoint after a stop request; the CLI turns it into one line."""
+
+    def __init__(self, what: str, step: int, total: int, checkpoint):
+        self.signal = _STOP["signal"] or "stop"
+        super().__init__(
+            f"{self.signal} received: {what} stopped at step {step}/{total} after writing {checkpoint}; "
+            "run the same command to resume from there"
+        )
+
+
+def _request_stop(signum, frame) -> None:
+    if _STOP["signal"] is not None:  # a second signal: stop now, without waiting for the checkpoint
+        raise KeyboardInterrupt
+    _STOP["signal"] = signal.Signals(signum).name
+
+
+def install_stop_handlers() -> dict:
+    """SIGTERM and SIGINT set the stop flag (a second one interrupts at once); returns the old handlers."""
+    _STOP["signal"] = None
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, _request_stop)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    return old
+
+
+def restore_handlers(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+    _STOP["signal"] = None
+
+
+def test_signal(step: int) -> None:
+    """For the kill-and-resume tests: at step ``HELLODD_DIE_AT_STEP`` of the first loop that reaches it, send
+    this process ``HELLODD_DIE_SIGNAL`` (KILL by default; TERM to test the checkpoint-and-stop path)."""
+    at = os.environ.get("HELLODD_DIE_AT_STEP")
+    if at and step == int(at):
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("HELLODD_DIE_SIGNAL", "KILL")))
+
+
+def stop_requested(fabric=None) -> bool:
+    """Whether a stop was asked for, on any rank (collective when distributed: call it at the same points on
+    every rank).  A loop that sees True writes its checkpoint and raises :class:`Preempted`."""
+    flag = _STOP["signal"] is not None
+    if fabric is not None and fabric.world_size > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)], device=fabric.device)
+        flag = bool(fabric.all_reduce(t, reduce_op=dist.ReduceOp.MAX).item())
+        if flag and _STOP["signal"] is None:
+            _STOP["signal"] = "SIGTERM (another rank)"
+    return flag
 
 
 class FrozenCompiled(nn.Module):
@@ -238,13 +303,64 @@ def evaluate(
     }
 
 
+class LogProgress:
+    """What a progress bar becomes when stderr is a file: plain lines, no carriage returns or cursor codes.
+
+    One line when the bar starts, one at most every ``interval`` seconds while it runs, and one when it
+    closes, each ``desc: n/total unit (elapsed s[, postfix])``.  Implements the part of tqdm's interface the
+    stages use (iteration, ``update``, ``set_postfix``, ``reset``, ``close``)."""
+
+    def __init__(self, iterable=None, total=None, desc="", unit="it", initial=0, interval=60.0, **_):
+        self.iterable, self.desc, self.unit, self.n, self.interval = iterable, desc, unit, initial, interval
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.start = self.last = time.monotonic()
+        self.postfix, self.closed = "", False
+        self._line()
+
+    def _line(self) -> None:
+        total = f"/{self.total}" if self.total is not None else ""
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(
+            f"{self.desc}: {self.n}{total} {self.unit} ({time.monotonic() - self.start:.0f} s{extra})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.last = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        if time.monotonic() - self.last >= self.interval:
+            self._line()
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def reset(self, total=None) -> None:
+        self.total, self.n = total, 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._line()
+
+
 def progress(fabric, iterable=None, **kwargs):
-    """tqdm on rank 0 only; when stderr is not a terminal, a line at most every 30 s."""
+    """A tqdm bar on rank 0 only (none with ``HELLODD_NO_PROGRESS=1``).  When stderr is not a terminal (a log
+    file): :class:`LogProgress` lines for a stage's bar, nothing for the short nested ones (``leave=False``:
+    validation passes, single student runs), so a log reads as a log."""
     from tqdm.auto import tqdm
 
-    tty = sys.stderr.isatty()
-    kwargs.setdefault("mininterval", 0.5 if tty else 30.0)
+    off = not fabric.is_global_zero or os.environ.get("HELLODD_NO_PROGRESS") == "1"
+    if not sys.stderr.isatty() and not off:
+        if kwargs.get("leave", True):
+            return LogProgress(iterable, **kwargs)
+        off = True
+    kwargs.setdefault("mininterval", 0.5)
     kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(
-        iterable, disable=not fabric.is_global_zero or os.environ.get("HELLODD_NO_PROGRESS") == "1", **kwargs
-    )
+    return tqdm(iterable, disable=off, **kwargs)

@@ -37,7 +37,16 @@ from hellodd import engine
 from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
-from hellodd.io import sha256, tensor_sha256, write_bytes
+from hellodd.io import (
+    digest,
+    load_state,
+    read_json,
+    save_state,
+    sha256,
+    tensor_sha256,
+    write_bytes,
+    write_json,
+)
 from hellodd.labels import (
     HardLabels,
     LabelStore,
@@ -128,22 +137,58 @@ def student_step(
 
 
 def train_student(
-    cfg: Config, fabric, arch: str, source, images, labels, val, num_classes: int, seed: int, stream
+    cfg: Config,
+    fabric,
+    arch: str,
+    source,
+    images,
+    labels,
+    val,
+    num_classes: int,
+    seed: int,
+    stream,
+    state_path: Path | None = None,
+    key: str = "",
 ) -> dict:
+    """One student run (``evaluate.epochs`` over the stream), validated at the end: its result row.
+
+    With ``state_path``, resumable: the student, optimiser and CPU generator are saved every tenth of the
+    run and on SIGTERM (:func:`hellodd.engine.stop_requested`), tagged with ``key`` (the digest of everything
+    the run depends on); a state with another key is ignored.  A resumed run ends exactly where an
+    uninterrupted one does: its views and learning rates are functions of (epoch, step) only."""
     ev = cfg.evaluate
     torch.manual_seed(seed)
     model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
     opt = student_optimizer(model, lr, ev.weight_decay)
     plain = model  # validation runs on the uncompiled module (same parameters): no recompile for eval mode
+    start_epoch, times, step_total, before = 0, [], 0, 0.0
+    if state_path is not None and state_path.is_file():
+        st = load_state(state_path)
+        if st.get("key") == key:
+            plain.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            torch.set_rng_state(st["rng"])
+            if st.get("cuda_rng") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(st["cuda_rng"])
+            start_epoch, times, step_total, before = st["epoch"], st["times"], st["steps"], st["seconds"]
+            fabric.print(
+                f"evaluate: {source.name} -> {arch}, seed {seed}: resuming at epoch {start_epoch}/{ev.epochs}"
+            )
     model, opt = fabric.setup(torch.compile(model) if ev.compile else model, opt)
     started = time.perf_counter()
-    times, step_total = [], 0
+    every = max(1, ev.epochs // 10)
     model.train()
     bar = engine.progress(
-        fabric, total=ev.epochs, desc=f"{source.name} -> {arch} (seed {seed})", unit="ep", leave=False
+        fabric,
+        total=ev.epochs,
+        initial=start_epoch,
+        desc=f"{source.name} -> {arch} (seed {seed})",
+        unit="ep",
+        leave=False,
     )
-    for epoch in range(ev.epochs):
+    loss = torch.zeros(())
+    for epoch in range(start_epoch, ev.epochs):
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(ev.schedule, epoch, ev.epochs)
         for step in range(stream.steps_per_epoch):
@@ -151,7 +196,30 @@ def train_student(
             loss = student_step(cfg, fabric, model, opt, source, stream, images, labels, epoch, step)
             times.append(time.perf_counter() - t0)
             step_total += 1
+            engine.test_signal(step_total)
         bar.update(1)
+        stop = engine.stop_requested(fabric)
+        if state_path is not None and ((epoch + 1) % every == 0 or stop) and epoch + 1 < ev.epochs:
+            if fabric.is_global_zero:
+                save_state(
+                    state_path,
+                    {
+                        "model": plain.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "epoch": epoch + 1,
+                        "times": times,
+                        "steps": step_total,
+                        "seconds": before + time.perf_counter() - started,
+                        "key": key,
+                    },
+                )
+            fabric.barrier()
+        if stop and epoch + 1 < ev.epochs:  # at the last epoch, finishing costs less than resuming
+            raise engine.Preempted(
+                f"evaluation ({source.name} -> {arch}, seed {seed})", epoch + 1, ev.epochs, state_path
+            )
     bar.close()
     val_metrics = engine.evaluate(fabric, plain if ev.compile else model, val, ev.eval_batch_size, desc="val")
     warm = times[5:] if len(times) > 5 else times
@@ -163,11 +231,30 @@ def train_student(
         "top1": val_metrics["top1"],
         "top5": val_metrics["top5"],
         "iterations": step_total,
-        "seconds_per_iteration": statistics.median(warm),
-        "seconds": time.perf_counter() - started,  # the whole run: training, label generation, validation
+        "seconds_per_iteration": statistics.median(warm) if warm else 0.0,
+        "seconds": before + time.perf_counter() - started,  # the run: training, label generation, validation
         "final_loss": float(loss.item()),
         "peak_memory_mib": peak_memory_mib(fabric.device),
     }
+
+
+def run_key(cfg: Config, images_sha: str, source, arch: str, seed: int, world: int) -> str:
+    """Everything one (source, student, seed) run depends on: a finished run or a resume state made from
+    anything else is not reused."""
+    from dataclasses import asdict
+
+    chosen = ("label_sources", "baseline_sources", "students", "seeds")
+    return digest(
+        {
+            "images_sha256": images_sha,
+            "source": source.name,
+            "source_identity": getattr(source, "identity", {}),
+            "student": arch,
+            "seed": seed,
+            "engine": [cfg.engine.seed, cfg.engine.precision, world],
+            "evaluate": {k: v for k, v in asdict(cfg.evaluate).items() if k not in chosen},
+        }
+    )
 
 
 def stored_key(images, teacher_path, stream, dtype: str, topk: int) -> dict:
@@ -228,6 +315,7 @@ def build_label_sources(
             cost[name] = storage.label_storage("hard")
         elif name == "teacher":
             built[name] = ModelLabels("teacher", teacher)
+            built[name].identity = {"teacher_sha256": sha256(teacher_path)}
             cost[name] = storage.label_storage("teacher", teacher_file=teacher_path)
         elif name == "weak-teachers":
             from hellodd.projector import weak_teachers
@@ -238,6 +326,7 @@ def build_label_sources(
             chosen = weak_teachers(pool, cfg)
             models = [load_classifier(t["path"])[0] for t in chosen]
             built[name] = ModelLabels(name, engine.frozen(fabric, MeanLogits(models)))
+            built[name].identity = {"weak_teachers_sha256": [sha256(t["path"]) for t in chosen]}
             cost[name] = storage.label_storage("weak-teachers", teacher_files=[t["path"] for t in chosen])
         elif name in ("projector", "projector-transfer"):
             from hellodd.projector import load_projector, merged_for_inference, projector_path
@@ -248,10 +337,12 @@ def build_label_sources(
             path = projector_for(cfg, images) if name == "projector" else projector_path(cfg)
             p = load_projector(path, "cpu", Path(cfg.out) / "cache")
             built[name] = ModelLabels(name, engine.frozen(fabric, merged_for_inference(p)))
+            built[name].identity = {"adapters_sha256": sha256(path)}
             cost[name] = storage.label_storage("projector", adapter_file=path)
         elif name in stores:
             st = stores[name]
             built[name] = StoredLabels(st.root, stream, st.key, num_classes, st.epochs, name)
+            built[name].identity = {"store": digest(st.key), "epochs": st.epochs}
             cost[name] = storage.label_storage("stored", stored_files=files[name])
             if name == "compressed":
                 cost[name]["formula"] += (
@@ -312,6 +403,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         write_config(out, cfg, "evaluate")
     rows, cost, online = [], {}, {}
     t0 = time.perf_counter()
+    images_sha = tensor_sha256(images)
+    runs = out / "runs"  # one file per finished (source, student, seed) run, and the unfinished run's state
     for seed in ev.seeds:
         stream = student_stream(
             ev, images, cfg.engine.seed * 1000 + seed, fabric.global_rank, fabric.world_size
@@ -320,11 +413,35 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         cost = cost or c
         for arch in ev.students:
             for name, src in sources.items():
+                key = run_key(cfg, images_sha, src, arch, seed, fabric.world_size)
+                done = runs / f"{name}-{arch}-seed{seed}.json"
+                kept = read_json(done) if done.is_file() else {}
+                if kept.get("key") == key:
+                    rows.append(kept["row"])
+                    fabric.print(
+                        f"evaluate: {name:9s} -> {arch}, seed {seed}: top-1 {rows[-1]['top1']:.2f}% (finished earlier)"
+                    )
+                    continue
+                state = runs / f"{name}-{arch}-seed{seed}.state.pt"
                 rows.append(
                     train_student(
-                        cfg, fabric, arch, src, images, labels, bundle.val, bundle.num_classes, seed, stream
+                        cfg,
+                        fabric,
+                        arch,
+                        src,
+                        images,
+                        labels,
+                        bundle.val,
+                        bundle.num_classes,
+                        seed,
+                        stream,
+                        state,
+                        key,
                     )
                 )
+                if fabric.is_global_zero:
+                    write_json(done, {"key": key, "row": rows[-1]})
+                    state.unlink(missing_ok=True)
                 fabric.print(f"evaluate: {name:9s} -> {arch}, seed {seed}: top-1 {rows[-1]['top1']:.2f}%")
     table = _table(rows, cost)
     by_source = {}
@@ -334,7 +451,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     metrics = {
         "distilled_set": str(d),
         "set": d.name,
-        "images_sha256": tensor_sha256(images),  # results belong to these images (an export checks it)
+        "images_sha256": images_sha,  # results belong to these images (an export checks it)
         "ipc": cfg.distill.ipc,
         "epochs": ev.epochs,
         "rows": rows,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from hellodd import engine
 from hellodd.augment import (
     CropParams,
     CutMixParams,
@@ -192,7 +193,8 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
         st.root.mkdir(parents=True, exist_ok=True)
         write_json(st.root / "key.json", {"digest": tag, **st.key})
     stale = [0] * len(stores)
-    for e in range(max((st.epochs for st in stores), default=0)):
+    epochs = max((st.epochs for st in stores), default=0)
+    for e in range(epochs):
         need = []
         for i, st in enumerate(stores):
             path = stored_path(st.root, e)
@@ -222,6 +224,9 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
         for i in need:
             tensors = {k: torch.cat(v) for k, v in {**shared, **own[i]}.items()}
             save_tensors(stored_path(stores[i].root, e), tensors, {"epoch": e, "key": tags[i]})
+        engine.test_signal(e + 1)
+        if engine.stop_requested():  # every finished epoch is a file: nothing more to save
+            raise engine.Preempted("stored-label writing", e + 1, epochs, stores[0].root)
     for st, n in zip(stores, stale):
         if n:
             print(f"hellodd: {st.root}: {n} stored-label file(s) were made from other inputs; rewritten")

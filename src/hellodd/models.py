@@ -107,6 +107,11 @@ def _adapt_small(arch: str, net: nn.Module) -> None:
         net.maxpool = nn.Identity()
 
 
+def is_architecture(arch: str) -> bool:
+    """Whether :func:`build_model` knows ``arch``."""
+    return bool(re.fullmatch(r"convnet(?:-d\d)?(?:-w\d+)?", arch)) or arch in TORCHVISION_ARCHS
+
+
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> Classifier:
     """Build a randomly initialised classifier for ``[N, in_channels, image_size, image_size]`` inputs."""
     spec = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}

@@ -29,16 +29,23 @@ def run_all(cfg: Config, fabric) -> dict:
     from hellodd.distill import run_distill
     from hellodd.evaluate import run_evaluate
     from hellodd.projector import run_projector
+    from hellodd.summary import announce
     from hellodd.teachers import train_teachers
 
-    results = {"teachers": train_teachers(cfg, fabric), "projector": run_projector(cfg, fabric)}
-    results["distill"] = run_distill(cfg, fabric)
     base = baseline_config(cfg)
-    if base is not None:
-        results["distill (random subset)"] = run_distill(base, fabric)
-    results["evaluate"] = run_evaluate(cfg, fabric)
-    if base is not None:
-        results["evaluate (random subset)"] = run_evaluate(base, fabric)
+    steps = [
+        ("teachers", cfg, train_teachers),
+        ("projector", cfg, run_projector),
+        ("distill", cfg, run_distill),
+        ("distill (random subset)", base, run_distill),
+        ("evaluate", cfg, run_evaluate),
+        ("evaluate (random subset)", base, run_evaluate),
+    ]
+    results = {}
+    for name, c, stage in steps:
+        if c is not None:
+            results[name] = stage(c, fabric)
+            announce(c, fabric, name, results[name])  # each stage says what it did as it ends
     if fabric.is_global_zero:
         from hellodd.frontier import write_report
 

@@ -30,10 +30,10 @@ from hellodd import engine
 from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
-from hellodd.io import sha256, write_json
+from hellodd.io import sha256
 from hellodd.models import build_model, count_parameters, save_classifier
 from hellodd.report import stage_dir, write_config, write_results
-from hellodd.teachers import pool_name
+from hellodd.teachers import pool_name, write_pool_index
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 PREFIXES = ("module.", "_orig_mod.")
@@ -167,10 +167,7 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
     if fabric.is_global_zero:
         write_config(out, cfg, "teachers")
         shutil.copyfile(out / final["file"], out / "final.safetensors")
-        write_json(
-            out / "pool.json",
-            {"arch": t.arch, "checkpoints": entries, "final": "final.safetensors", "imported": True},
-        )
+        write_pool_index(out, t.arch, entries, imported=True)
         files_bytes = {e["file"]: (out / e["file"]).stat().st_size for e in entries}
         storage = {
             "what": "imported teacher checkpoints (fp32 safetensors)",

@@ -168,7 +168,7 @@ def label_storage(
 
 
 def _row(name: str, n_bytes: float, note: str = "") -> str:
-    return f"  {name:<44} {n_bytes:>16,.0f} B {mib(n_bytes):>12,.2f} MiB  {note}"
+    return f"  {name:<60} {n_bytes:>16,.0f} B {mib(n_bytes):>12,.2f} MiB  {note}".rstrip()
 
 
 def paper_report() -> str:
@@ -227,14 +227,27 @@ def report(cfg, paper: bool = False) -> str:
     adapted = adapted_projector_path(cfg)
     if adapted.is_file():
         lines.append(_row(f"projector adapters adapted to {adapted.parent.name}", file_bytes(adapted)))
+    from hellodd.evaluate import evaluate_dir
+
+    ev = cfg.evaluate
+    for name in ("stored", "compressed"):  # the files the evaluation wrote: the number results.md reports
+        files = sorted(
+            (evaluate_dir(cfg) / f"{name}-labels" / f"seed{ev.seeds[0]}").glob("rank*/epoch_*.safetensors")
+        )
+        if files:
+            what = f"{name} labels, {evaluate_dir(cfg).name}, seed {ev.seeds[0]} (files)"
+            lines.append(_row(what, sum(file_bytes(f) for f in files), f"{len(files)} files"))
     classes = {"fashion-mnist": 10, "synthetic": cfg.data.synthetic_classes}.get(cfg.data.name)
     if classes:
-        ev = cfg.evaluate
         s = stored_label_bytes(
             ev.epochs, cfg.distill.ipc * classes, classes, dtype=ev.stored_dtype, batch_size=ev.batch_size
         )
         lines.append(
-            _row(f"stored labels (formula), IPC {cfg.distill.ipc}, {ev.epochs} ep", s["bytes"], s["formula"])
+            _row(
+                f"stored labels, IPC {cfg.distill.ipc}, {ev.epochs} ep (formula)",
+                s["bytes"],
+                "label values + replay data; each written file adds its safetensors header",
+            )
         )
     if paper:
         lines += ["", paper_report()]

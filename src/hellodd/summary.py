@@ -1,25 +1,55 @@
-"""The closing table of ``hellodd run``: one line per stage, from the metrics each stage returned."""
+"""What a run tells its operator: one line per stage as it ends (its result and where it wrote it), and the
+closing summary of ``hellodd run`` (every stage's line, then the report's table and where the report is)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from hellodd.config import Config
 
 
-def summarise(cfg: Config, results: dict) -> str:
-    lines = [f"hellodd results ({cfg.preset}, outputs in {cfg.out})"]
-    t = results.get("teachers")
-    if t:
-        accs = ", ".join(f"{p['epoch']:g}:{p['top1']:.1f}" for p in t["pool"])
-        lines.append(
-            f"teachers  {t['arch']}: final val top-1 {t['final_val_top1']:.2f}% in {t['seconds']:.0f} s; pool (epoch:top-1) {accs}"
+def stage_line(stage: str, r: dict) -> str:
+    """The one-line result of a stage, from the metrics it returned."""
+    if stage == "teachers" and "final_val_top1" in r:
+        accs = ", ".join(f"{p['epoch']:g}:{p['top1']:.1f}" for p in r["pool"])
+        return (
+            f"teachers {r['arch']}: final val top-1 {r['final_val_top1']:.2f}% in {r['seconds']:.0f} s; "
+            f"pool (epoch:top-1) {accs}"
         )
+    return r.get("summary", "")
+
+
+def stage_folder(cfg: Config, stage: str) -> Path:
+    """The folder a stage wrote (absolute, so a log says where to look whatever the working directory)."""
+    from hellodd.sets import distilled_dir
+
+    out = Path(cfg.out).resolve()
+    if stage.startswith("distill"):
+        return distilled_dir(cfg).resolve()
+    if stage.startswith("evaluate"):
+        from hellodd.evaluate import evaluate_dir
+
+        return evaluate_dir(cfg).resolve()
+    return out / stage
+
+
+def announce(cfg: Config, fabric, stage: str, r: dict) -> None:
+    """Print a finished stage's result and output folder (rank 0)."""
+    if fabric.is_global_zero and r:
+        where = stage_folder(cfg, stage)
+        extra = f" (table: {where / 'results.md'})" if stage.startswith("evaluate") else ""
+        print(f"{stage_line(stage, r)}\n  -> {where}{extra}", flush=True)
+
+
+def summarise(cfg: Config, results: dict) -> str:
+    lines = [f"hellodd results ({cfg.preset}, outputs in {Path(cfg.out).resolve()})"]
     for stage, r in results.items():
-        if stage != "report" and r and r.get("summary"):
-            lines.append(r["summary"])
+        if stage != "report" and r and stage_line(stage, r):
+            lines.append(stage_line(stage, r))
     if results.get("report"):
         lines += ["", results["report"]["table"], "", results["report"]["summary"]]
     else:
         for stage, r in results.items():
             if stage.startswith("evaluate") and r.get("table"):
-                lines += ["", r["table"]]
+                lines += ["", r["table"], f"(also in {stage_folder(cfg, stage) / 'results.md'})"]
     return "\n".join(lines)

@@ -21,9 +21,8 @@ the uninterrupted run exactly.  ``HELLODD_DIE_AT_STEP=N`` kills the process at s
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from hellodd.augment import augment, to_float
 from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
-from hellodd.io import load_state, read_json, save_state, write_json
+from hellodd.io import check_sha256, load_state, read_json, save_state, sha256, write_json
 from hellodd.models import build_model, count_parameters, save_classifier
 from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
 
@@ -66,8 +65,19 @@ def load_pool(cfg: Config) -> dict:
     pool = read_json(path)
     for entry in pool["checkpoints"]:
         entry["path"] = str(path.parent / entry["file"])
+        if "sha256" in entry:
+            check_sha256(entry["path"], entry["sha256"], path)
     pool["final_path"] = str(path.parent / pool["final"])
+    if "final_sha256" in pool:
+        check_sha256(pool["final_path"], pool["final_sha256"], path)
     return pool
+
+
+def write_pool_index(out: Path, arch: str, entries: list[dict], **extra) -> None:
+    """``pool.json``: every checkpoint with its epoch, accuracy and sha256 (checked by :func:`load_pool`)."""
+    entries = [{**e, "sha256": sha256(out / e["file"])} for e in entries]
+    index = {"arch": arch, "checkpoints": entries, "final": "final.safetensors"}
+    write_json(out / "pool.json", {**index, "final_sha256": sha256(out / "final.safetensors"), **extra})
 
 
 def train_teachers(cfg: Config, fabric) -> dict:
@@ -84,22 +94,32 @@ def train_teachers(cfg: Config, fabric) -> dict:
     opt = teacher_optimizer(model, t)
     state_path = out / "state.pt"
     step, pool, history = 0, [], []
+    key = {  # what the trajectory depends on: a state made from anything else is not resumed
+        "spec": model.spec,
+        "total": total,
+        "teacher": asdict(t),
+        "seed": cfg.engine.seed,
+        "data": [cfg.data.name, str(bundle.source), len(bundle.train), cfg.data.image_size],
+        "world": world,
+    }
     if state_path.exists():
         state = load_state(state_path)
-        if state.get("spec") != model.spec or state.get("total") != total:
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step, pool, history = state["step"], state["pool"], state["history"]
+            fabric.print(f"teachers: resuming at step {step}/{total}")
+        else:  # never silently overwrite a trajectory made from something else
+            differs = sorted(k for k in key if state.get("key", {}).get(k) != key[k])
             raise UserError(
-                f"{state_path}: resume state is from a different teacher setup; delete {out} to restart"
+                f"{state_path}: resume state is from a different teacher setup ({', '.join(differs)} differ); "
+                f"use another --out, or delete {out} to restart"
             )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, pool, history = state["step"], state["pool"], state["history"]
-        fabric.print(f"teachers: resuming at step {step}/{total}")
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "teachers")
     model, opt = fabric.setup(model, opt)
     dl = engine.loader(fabric, bundle.train, t.batch_size, shuffle=True, seed=cfg.engine.seed)
-    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
 
     bar = engine.progress(fabric, total=total, initial=step, desc=f"teachers ({t.arch})", unit="step")
     t0, seen = time.perf_counter(), 0
@@ -122,10 +142,10 @@ def train_teachers(cfg: Config, fabric) -> dict:
             seen += len(y) * world
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(cfg, step - 1, spe):.2g}", refresh=False)
-            if die_at and step == die_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            engine.test_signal(step)
             at_epoch_end = step % spe == 0
-            if step in ckpt_steps or at_epoch_end or step == total:
+            stop = engine.stop_requested(fabric)  # SIGTERM / Ctrl-C: checkpoint this step, then stop
+            if step in ckpt_steps or at_epoch_end or step == total or stop:
                 if step in ckpt_steps:
                     e = ckpt_steps[step]
                     val = engine.evaluate(fabric, model, bundle.val, t.eval_batch_size, desc="val")
@@ -150,11 +170,12 @@ def train_teachers(cfg: Config, fabric) -> dict:
                             "step": step,
                             "pool": pool,
                             "history": history,
-                            "spec": model.spec,
-                            "total": total,
+                            "key": key,
                         },
                     )
                 fabric.barrier()
+                if stop:
+                    raise engine.Preempted("teachers", step, total, state_path)
             if step >= total or at_epoch_end:
                 break
     bar.close()
@@ -194,15 +215,10 @@ def train_teachers(cfg: Config, fabric) -> dict:
             "teacher_bytes": (out / "final.safetensors").stat().st_size,
             "teacher_params": metrics["params"],
         }
-        write_json(
-            out / "pool.json",
-            {
-                "arch": t.arch,
-                "checkpoints": [
-                    {k: p[k] for k in ("epoch", "step", "file", "top1", "top5")} for p in metrics["pool"]
-                ],
-                "final": "final.safetensors",
-            },
+        write_pool_index(
+            out,
+            t.arch,
+            [{k: p[k] for k in ("epoch", "step", "file", "top1", "top5")} for p in metrics["pool"]],
         )
         write_results(out, metrics, storage)
     fabric.barrier()

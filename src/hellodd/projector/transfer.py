@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from hellodd.augment import apply_cutmix, augment, mixed_one_hot, sample_cutmix,
 from hellodd.config import Config, ProjectorConfig
 from hellodd.data import load_data, per_class_subset, subset
 from hellodd.errors import UserError
-from hellodd.io import load_state, save_state
+from hellodd.io import load_state, save_state, sha256
 from hellodd.projector.adapters import ADAPTER_FILE, adapter_tensors, add_adapters, save_adapters
 from hellodd.projector.bases import build_base
 from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
@@ -187,16 +188,28 @@ def train_projector(
     warm = max(1, round(0.05 * total))
     opt = adapter_optimizer(proj, pcfg)
     state_path, step, history = out / "state.pt", 0, []
+    key = {  # what the adapters depend on: a state made from anything else is never resumed
+        "total": total,
+        "n_adapter": n_adapter,
+        "teachers_sha256": [sha256(t["path"]) for t in teachers],
+        "projector": {k: v for k, v in asdict(pcfg).items() if k != "adapter_dtype"},
+        "seed": cfg.engine.seed,
+        "data": [cfg.data.name, len(train)],
+    }
     if state_path.exists():
         st = load_state(state_path)
-        if st.get("total") != total or st.get("n_adapter") != n_adapter:
+        if st.get("key") == key:
+            proj.load_state_dict(st["adapters"], strict=False)
+            opt.load_state_dict(st["optimizer"])
+            step, history = st["step"], st["history"]
+            fabric.print(f"projector: resuming at step {step}/{total}")
+        else:  # never silently overwrite adapters trained from something else
+            differs = sorted(k for k in key if st.get("key", {}).get(k) != key[k])
             raise UserError(
-                f"{state_path}: resume state is from a different projector setup; delete {out} to restart"
+                f"{state_path}: resume state is from a different projector setup ({', '.join(differs)} differ); "
+                f"use another --out, or delete {out} to restart"
             )
-        proj.load_state_dict(st["adapters"], strict=False)
-        opt.load_state_dict(st["optimizer"])
-        step, history = st["step"], st["history"]
-        fabric.print(f"projector: resuming at step {step}/{total}")
+    every = max(1, min(50, spe))  # checkpoint interval (steps)
     proj_ddp, opt = fabric.setup(proj, opt)
     dl = engine.loader(fabric, train, pcfg.batch_size, shuffle=True, seed=cfg.engine.seed + 1)
     label = "pretrained" if proj.info["pretrained"] else "random"
@@ -219,7 +232,9 @@ def train_projector(
             step += 1
             bar.update(1)
             bar.set_postfix(mse=f"{mse.item():.3f}", ce=f"{ce.item():.3f}", refresh=False)
-            if step % spe == 0 or step == total:
+            engine.test_signal(step)
+            stop = engine.stop_requested(fabric)
+            if step % spe == 0 or step % every == 0 or step == total or stop:
                 history.append({"step": step, "mse": mse.item(), "ce": ce.item()})
                 if fabric.is_global_zero:
                     save_state(
@@ -229,12 +244,13 @@ def train_projector(
                             "optimizer": opt.state_dict(),
                             "step": step,
                             "history": history,
-                            "total": total,
-                            "n_adapter": n_adapter,
+                            "key": key,
                         },
                     )
                 fabric.barrier()
-                break
+                if stop:
+                    raise engine.Preempted("projector transfer", step, total, state_path)
+                break  # the loader restarts at the next step's position
     bar.close()
     seconds = time.perf_counter() - t0
     val = engine.evaluate(fabric, proj, bundle.val, 250, desc="val")

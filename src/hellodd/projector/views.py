@@ -3,8 +3,6 @@ student views, so the adapters that label a set have seen what students will ask
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -102,7 +100,6 @@ def adapt_to_views(
             fabric.print(f"hellodd: {state_path} was made from other inputs; adapting afresh")
     if bar is not None:
         bar.update(step)
-    die_at = int(os.environ.get("HELLODD_DIE_AT_STEP", "0"))
     t0 = time.perf_counter()
     proj.train()
     trainable = [q for q in proj.parameters() if q.requires_grad]
@@ -123,11 +120,16 @@ def adapt_to_views(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
-        if die_at and step == die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if (step % 50 == 0 or step == total) and fabric.is_global_zero:  # ranks hold identical adapters
+        engine.test_signal(step)
+        stop = engine.stop_requested(fabric)
+        if (
+            step % 50 == 0 or step == total or stop
+        ) and fabric.is_global_zero:  # ranks hold the same adapters
             state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
             save_state(state_path, {**state, **key})
+        if stop:
+            fabric.barrier()
+            raise engine.Preempted("view adaptation", step, total, state_path)
     seconds = time.perf_counter() - t0
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)

@@ -1,0 +1,251 @@
+"""Kills, pre-emption, two writers on one folder, and damaged artefacts (synthetic preset).
+
+Every stage killed with SIGKILL part-way and run again with the same command ends with the outputs of an
+uninterrupted run: teachers, the update and the view adaptation in test_teachers / test_distill; the
+projector's transfer, RDED selection, stored-label writing and evaluation here.  SIGTERM writes a checkpoint
+and exits with one line (code 143).  A second run on a folder in use is refused; a dead holder's lock is
+taken over.  A truncated or byte-flipped file of every artefact kind is refused with a line naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import PYTHON, cli_env
+from hellodd.cli import main
+from hellodd.errors import UserError
+from hellodd.io import load_state, load_tensors, read_json
+
+
+def _cmd(stage, out, *extra):
+    return [PYTHON, "-m", "hellodd", stage, "--preset", "synthetic", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Teachers, projector and the distilled set of the synthetic preset, once."""
+    out = tmp_path_factory.mktemp("reliability")
+    for stage in ("teachers", "projector", "distill"):
+        assert main([stage, "--preset", "synthetic", "--out", str(out)]) == 0
+    return out
+
+
+def _copy(base, to, stages):
+    for stage in stages:
+        shutil.copytree(base / stage, to / stage)
+
+
+def _killed_then_resumed(cmd, at):
+    killed = subprocess.run(cmd, env=cli_env(HELLODD_DIE_AT_STEP=at), timeout=300)
+    assert killed.returncode == -9
+    return subprocess.run(cmd, env=cli_env(), timeout=300, capture_output=True, text=True)
+
+
+def _same_tensors(a, b):
+    (x, _), (y, _) = load_tensors(a), load_tensors(b)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_killed_projector_transfer_resumes_to_the_same_adapters(base, tmp_path):
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    for out in outs:
+        _copy(base, out, ["teachers"])
+    more = ["--set", "projector.epochs=3"]  # 18 steps, checkpoints every 6
+    resumed = _killed_then_resumed(_cmd("projector", outs[0], *more), 9)
+    assert resumed.returncode == 0 and "resuming at step 6/18" in resumed.stdout
+    assert subprocess.run(_cmd("projector", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+    assert _same_tensors(*(o / "projector" / "adapters.safetensors" for o in outs))
+
+
+def test_killed_selection_resumes_to_the_same_initial_images(base, tmp_path):
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    for out in outs:
+        _copy(base, out, ["teachers", "projector"])
+    more = ["--set", "distill.update=false", "--set", "distill.adapt_steps=0"]
+    killed_dir = outs[0] / "distill" / "ipc2-rded"
+    killed = subprocess.run(_cmd("distill", outs[0], *more), env=cli_env(HELLODD_DIE_AT_STEP=2), timeout=300)
+    assert killed.returncode == -9 and len(list((killed_dir / "init-classes").iterdir())) == 2
+    assert subprocess.run(_cmd("distill", outs[0], *more), env=cli_env(), timeout=300).returncode == 0
+    assert not (killed_dir / "init-classes").exists()  # folded into init.safetensors
+    assert subprocess.run(_cmd("distill", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+    assert _same_tensors(*(o / "distill" / "ipc2-rded" / "init.safetensors" for o in outs))
+
+
+@pytest.mark.parametrize(
+    "source, at",
+    [
+        ("stored", 2),  # stored-label writing: killed after its second epoch file
+        ("teacher", 7),  # evaluation: killed in the 4th of 6 epochs (2 steps each), checkpoints every epoch
+    ],
+)
+def test_killed_evaluation_resumes_to_the_same_result(base, tmp_path, source, at):
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    for out in outs:
+        _copy(base, out, ["teachers", "projector", "distill"])
+    more = ["--set", f"evaluate.label_sources=[{source}]", "--set", "evaluate.seeds=[0]"]
+    more += ["--set", "evaluate.epochs=6"]
+    resumed = _killed_then_resumed(_cmd("evaluate", outs[0], *more), at)
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    if source == "teacher":
+        assert "resuming at epoch 3/6" in resumed.stdout
+    assert subprocess.run(_cmd("evaluate", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+    rows = [json.loads((o / "evaluate" / "ipc2-rded-update" / "results.json").read_text()) for o in outs]
+    assert [(r["top1"], r["final_loss"]) for r in rows[0]] == [(r["top1"], r["final_loss"]) for r in rows[1]]
+    if source == "stored":
+        files = [
+            sorted((o / "evaluate" / "ipc2-rded-update" / "stored-labels").rglob("*.safetensors"))
+            for o in outs
+        ]
+        assert len(files[0]) == 6 and [f.read_bytes() for f in files[0]] == [f.read_bytes() for f in files[1]]
+
+
+def test_finished_evaluation_runs_are_kept_and_bound_to_their_inputs(base, tmp_path, capsys):
+    _copy(base, tmp_path, ["teachers", "projector", "distill"])
+    args = ["evaluate", "--preset", "synthetic", "--out", str(tmp_path), "--set", "evaluate.seeds=[0]"]
+    args += ["--set", "evaluate.label_sources=[hard,teacher]"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert first.count("(finished earlier)") == 0 and again.count("(finished earlier)") == 2
+    assert main([*args, "--set", "evaluate.lr=0.002"]) == 0  # another setting: trained again
+    assert capsys.readouterr().out.count("(finished earlier)") == 0
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(base, tmp_path):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    stopped = subprocess.run(
+        _cmd("teachers", cut),
+        env=cli_env(HELLODD_DIE_AT_STEP=5, HELLODD_DIE_SIGNAL="TERM"),
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert stopped.returncode == 143
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("hellodd:")]
+    assert lines == [
+        f"hellodd: SIGTERM received: teachers stopped at step 5/12 after writing {cut / 'teachers' / 'state.pt'}; "
+        "run the same command to resume from there"
+    ]
+    assert "Traceback" not in stopped.stderr and load_state(cut / "teachers" / "state.pt")["step"] == 5
+    resumed = subprocess.run(
+        _cmd("teachers", cut), env=cli_env(), timeout=300, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0 and "resuming at step 5/12" in resumed.stdout
+    assert subprocess.run(_cmd("teachers", ref), env=cli_env(), timeout=300).returncode == 0
+    assert _same_tensors(ref / "teachers" / "final.safetensors", cut / "teachers" / "final.safetensors")
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
+    first = subprocess.Popen(
+        _cmd("teachers", tmp_path, "--set", "teacher.epochs=40", "--set", "teacher.pool_epochs=[40]"),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lock = tmp_path / ".hellodd.lock"
+        for _ in range(600):
+            if lock.is_file() and lock.read_text():
+                break
+            time.sleep(0.1)
+        assert main(["distill", "--preset", "synthetic", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"hellodd: error: --out {tmp_path}: in use by pid {first.pid} on ")
+        assert "'hellodd teachers'" in err and len(err.splitlines()) == 1
+    finally:
+        first.kill()
+        first.wait()
+    # its holder is gone (SIGKILL leaves the lock behind): the next run takes it over
+    from hellodd.lock import FolderLock
+
+    assert lock.is_file()
+    with FolderLock(tmp_path, "teachers"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"taking over {lock}: its holder, pid {first.pid}" in capsys.readouterr().err and not lock.exists()
+
+
+def test_a_lock_from_a_reused_pid_is_stale(tmp_path):
+    from hellodd.lock import LOCK_FILE, FolderLock
+
+    # a live process that started after the lock was taken holds a reused pid: the holder is gone
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "command": "run", "since_epoch": 1.0}
+    (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+    with FolderLock(tmp_path, "distill"):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    holder["since_epoch"] = time.time()  # the same process, alive since before the lock: a live holder
+    (tmp_path / LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(UserError, match=f"in use by pid {os.getppid()}"):
+        FolderLock(tmp_path, "distill").acquire()
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _flip_digit(path):
+    text = path.read_text()
+    i = next(i for i, ch in enumerate(text) if ch in "123456789" and i > 20)
+    path.write_text(text[:i] + str((int(text[i]) % 9) + 1) + text[i + 1 :])
+
+
+ARTEFACTS = [  # (kind, file under the run folder, how it is read)
+    ("teacher checkpoint", "teachers/final.safetensors", "pool"),
+    ("pool checkpoint", "teachers/pool/epoch_000.500.safetensors", "pool"),
+    ("pool index", "teachers/pool.json", "pool"),
+    ("adapters", "projector/adapters.safetensors", "tensors"),
+    ("view-adapted adapters", "distill/ipc2-rded-update/adapters.safetensors", "tensors"),
+    ("distilled images", "distill/ipc2-rded-update/images.safetensors", "set"),
+    ("selection cache", "distill/ipc2-rded-update/init.safetensors", "tensors"),
+    ("image-update state", "distill/ipc2-rded-update/state.pt", "state"),
+    ("results", "distill/ipc2-rded-update/metrics.json", "json"),
+    ("teachers' resume state", "teachers/state.pt", "state"),
+]
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_last_byte], ids=["truncated", "byte-flipped"])
+@pytest.mark.parametrize("kind, rel, reader", ARTEFACTS, ids=[a[0] for a in ARTEFACTS])
+def test_a_damaged_artefact_is_refused_naming_it(base, tmp_path, kind, rel, reader, damage):
+    from hellodd.config import apply_overrides, preset
+    from hellodd.sets import read_set
+    from hellodd.teachers import load_pool
+
+    _copy(base, tmp_path, ["teachers", "projector", "distill"])
+    path = tmp_path / rel
+    (_flip_digit if damage is _flip_last_byte and path.suffix == ".json" else damage)(path)
+    read = {
+        "pool": lambda: load_pool(apply_overrides(preset("synthetic"), [f"out={tmp_path}"])),
+        "tensors": lambda: load_tensors(path),
+        "set": lambda: read_set(path.parent),
+        "state": lambda: load_state(path),
+        "json": lambda: read_json(path),
+    }[reader]
+    with pytest.raises(UserError, match=str(path.name)) as e:
+        read()
+    assert "\n" not in str(e.value)
+
+
+def test_stored_label_files_are_checked_when_read(base, tmp_path):
+    _copy(base, tmp_path, ["teachers", "projector", "distill"])
+    args = ["evaluate", "--preset", "synthetic", "--out", str(tmp_path), "--set", "evaluate.seeds=[0]"]
+    args += ["--set", "evaluate.label_sources=[stored]"]
+    assert main(args) == 0
+    first = sorted((tmp_path / "evaluate").rglob("epoch_0001.safetensors"))[0]
+    _flip_last_byte(first)
+    with pytest.raises(UserError, match="epoch_0001.safetensors: damaged"):
+        load_tensors(first)
