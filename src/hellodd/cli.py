@@ -16,6 +16,7 @@ Bad input prints one line, ``hellodd: error: ...``, and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -228,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse already printed its one-line error
         return int(e.code or 0)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # torch.compile on a machine without CUDA warns once per process that it found no CUDA runtime: noise here
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from hellodd import engine
 
     handlers = engine.install_stop_handlers()  # SIGTERM / Ctrl-C: checkpoint, then stop (engine.Preempted)

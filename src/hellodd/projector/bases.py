@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import types
@@ -184,6 +185,17 @@ def _cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+class _DropRecords(logging.Filter):
+    """Drops a dependency's log records that start with ``prefix`` (noise in a run's log)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
 def _load_clip(arch: str, pcfg: ProjectorConfig):
     import open_clip
 
@@ -197,7 +209,13 @@ def _load_clip(arch: str, pcfg: ProjectorConfig):
             "checkpoint; nothing is downloaded) or --set projector.random_init=true"
         )
     torch.manual_seed(pcfg.base_seed)
-    model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    root = logging.getLogger()
+    quiet = _DropRecords("No pretrained weights loaded")  # we load (or seed) the weights ourselves, below
+    root.addFilter(quiet)
+    try:
+        model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    finally:
+        root.removeFilter(quiet)
     if ckpt and not pcfg.random_init:
         if not Path(ckpt).is_file():
             raise UserError(f"--clip-checkpoint {ckpt}: file not found")
