@@ -8,7 +8,8 @@ Config and command line (``hellodd storage``, which parses and validates the con
  2. zero or negative sizes for every size option (hypothesis: teacher / projector / evaluate batch sizes,
     epochs, distill.ipc, distill.factor, candidates and crops, evaluate.compressed_topk, data.image_size)
  3. a rate or fraction out of range (hypothesis: lr, frozen_depth, cutmix_prob, crop_min_scale, ...)
- 4. a list option given a scalar, a scalar option given a list
+ 4. a list option given non-numbers, a scalar option given a list (a bare scalar for a list is taken as a
+    one-element list)
  5. an unknown config key, and an unknown section
  6. a ``--set`` without ``=``
  7. an unknown preset
@@ -172,11 +173,11 @@ def test_arbitrary_argument_lists_never_trace_back(capsys, argv):
 # ------------------------------------------------------------------ 4-18: hand-made config cases
 
 CONFIG_CASES = [
-    (["--set", "evaluate.seeds=3"], "evaluate.seeds"),
+    (["--set", "evaluate.seeds=[a,b]"], "evaluate.seeds"),
     (["--set", "teacher.epochs=[1,2]"], "teacher.epochs"),
     (["--set", "teacher.colour=red"], "teacher.colour"),
     (["--set", "student.lr=1"], "student"),
-    (["--set", "teacher.epochs"], "KEY=VALUE"),
+    (["--set", "teacher.epochs"], "expected key=value"),
     (["--preset", "cifar-99"], "cifar-99"),
     (["--set", "teacher.arch=resnet19"], "teacher.arch"),
     (["--set", "evaluate.students=[convnet,vgg99]"], "evaluate.students"),

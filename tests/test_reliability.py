@@ -104,7 +104,8 @@ def test_killed_evaluation_resumes_to_the_same_result(base, tmp_path, source, at
             sorted((o / "evaluate" / "ipc2-rded-update" / "stored-labels").rglob("*.safetensors"))
             for o in outs
         ]
-        assert len(files[0]) == 6 and [f.read_bytes() for f in files[0]] == [f.read_bytes() for f in files[1]]
+        assert len(files[0]) == 6  # the same labels (the header's key order is safetensors' own, not ours)
+        assert all(_same_tensors(a, b) for a, b in zip(*files))
 
 
 def test_finished_evaluation_runs_are_kept_and_bound_to_their_inputs(base, tmp_path, capsys):

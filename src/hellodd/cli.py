@@ -122,7 +122,12 @@ def build_config(args: argparse.Namespace):
         from hellodd.io import read_json
 
         data = read_json(args.config)
-        cfg = C.from_dict(data.get("config", data), where=args.config)
+        data = data.get("config", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise UserError(
+                f"--config {args.config}: not a hellodd config (a JSON object, as config.json holds)"
+            )
+        cfg = C.from_dict(data, where=args.config)
     else:
         cfg = C.preset(args.preset)
     overrides = list(args.overrides)

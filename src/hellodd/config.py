@@ -12,6 +12,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hellodd.errors import UserError
 
@@ -456,11 +457,8 @@ def validate(cfg: Config) -> None:
             "fashion-mnist, imagefolder or synthetic",
         ),
         (cfg.data.image_size >= 8, "data.image_size", "at least 8"),
-        (
-            cfg.engine.devices >= 1 and cfg.engine.num_nodes >= 1,
-            "engine.devices",
-            "at least 1 device and node",
-        ),
+        (cfg.engine.devices >= 1, "engine.devices", "at least 1"),
+        (cfg.engine.num_nodes >= 1, "engine.num_nodes", "at least 1"),
         (
             cfg.engine.precision in ("32-true", "bf16-mixed", "16-mixed", "64-true"),
             "engine.precision",
@@ -479,16 +477,10 @@ def validate(cfg: Config) -> None:
             "teacher.augment",
             "none, flip, crop-flip or rrc-flip",
         ),
-        (
-            cfg.projector.encoder_rank >= 0 and cfg.projector.head_rank >= 0,
-            "projector.encoder_rank",
-            "non-negative ranks",
-        ),
-        (
-            cfg.projector.epochs > 0 and cfg.projector.batch_size >= 1,
-            "projector.epochs",
-            "positive epochs and batch size",
-        ),
+        (cfg.projector.encoder_rank >= 0, "projector.encoder_rank", "0 or more"),
+        (cfg.projector.head_rank >= 0, "projector.head_rank", "0 or more"),
+        (cfg.projector.epochs > 0, "projector.epochs", "positive"),
+        (cfg.projector.batch_size >= 1, "projector.batch_size", "at least 1"),
         (cfg.projector.lr > 0, "projector.lr", "positive"),
         (cfg.projector.head_lr >= 0, "projector.head_lr", "non-negative (0 = projector.lr)"),
         (0 <= cfg.projector.cutmix_prob <= 1, "projector.cutmix_prob", "between 0 and 1"),
@@ -506,16 +498,14 @@ def validate(cfg: Config) -> None:
             "distill.images",
             "a folder (init=folder)",
         ),
-        (
-            cfg.distill.candidates_per_class >= 1 and cfg.distill.crops_per_image >= 1,
-            "distill.candidates_per_class",
-            "at least 1",
-        ),
-        (
-            cfg.evaluate.epochs >= 1 and cfg.evaluate.batch_size >= 1,
-            "evaluate.epochs",
-            "positive epochs and batch size",
-        ),
+        (cfg.distill.candidates_per_class >= 1, "distill.candidates_per_class", "at least 1"),
+        (cfg.distill.crops_per_image >= 1, "distill.crops_per_image", "at least 1"),
+        (cfg.distill.update_batch_size >= 1, "distill.update_batch_size", "at least 1"),
+        (cfg.distill.score_batch_size >= 1, "distill.score_batch_size", "at least 1"),
+        (cfg.teacher.eval_batch_size >= 1, "teacher.eval_batch_size", "at least 1"),
+        (cfg.evaluate.eval_batch_size >= 1, "evaluate.eval_batch_size", "at least 1"),
+        (cfg.evaluate.epochs >= 1, "evaluate.epochs", "at least 1"),
+        (cfg.evaluate.batch_size >= 1, "evaluate.batch_size", "at least 1"),
         (cfg.evaluate.loss in ("mse", "kl"), "evaluate.loss", "mse or kl"),
         (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (0 < cfg.distill.adapt_lr_scale <= 100, "distill.adapt_lr_scale", "in (0, 100]"),
@@ -548,11 +538,8 @@ def validate(cfg: Config) -> None:
             "evaluate.stored_dtype",
             "float16, bfloat16 or float32",
         ),
-        (
-            len(cfg.evaluate.seeds) >= 1 and len(cfg.evaluate.students) >= 1,
-            "evaluate.seeds",
-            "at least one seed and one student",
-        ),
+        (len(cfg.evaluate.seeds) >= 1, "evaluate.seeds", "a list of at least one seed"),
+        (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
     ]
     from hellodd.models import TORCHVISION_ARCHS, is_architecture
 
@@ -565,6 +552,9 @@ def validate(cfg: Config) -> None:
             f"a list of {archs} (not {[a for a in cfg.evaluate.students if not is_architecture(a)]})",
         ),
     ]
+    ckpt = cfg.projector.checkpoint
+    if ckpt and not cfg.projector.random_init and not Path(ckpt).is_file():
+        raise UserError(f"--clip-checkpoint {ckpt}: file not found")
     for ok, key, want in checks:
         if not ok:
             raise UserError(f"--set {key}: must be {want}")

@@ -471,10 +471,6 @@ def run_distill(cfg: Config, fabric) -> dict:
         "factor": d.factor,
         "world_size": fabric.world_size,
     }
-    if fabric.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out, cfg, "distill")
-    fabric.barrier()
     t0 = time.perf_counter()
     observer_path = load_pool(cfg)["final_path"] if d.init == "rded" else None
     observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
@@ -498,6 +494,9 @@ def run_distill(cfg: Config, fabric) -> dict:
                 init_path, {"images": images, "labels": labels, "full_patches": full}, {"key": init_key}
             )
             shutil.rmtree(per_class, ignore_errors=True)
+    if fabric.is_global_zero:  # the inputs are read and checked: now the stage may write
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out, cfg, "distill")
     metrics["init_seconds"] = time.perf_counter() - t0
     if d.update and d.init == "rded":
         from hellodd.projector import load_projector, projector_path
