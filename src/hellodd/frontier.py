@@ -211,5 +211,5 @@ def write_report(runs: list[Path], to: Path) -> dict:
     return {
         "table": md,
         "entries": entries,
-        "summary": f"report: {to / 'report.md'} and {to / 'frontier.png'}",
+        "summary": f"report: {(to / 'report.md').resolve()} and {(to / 'frontier.png').resolve()}",
     }

@@ -246,7 +246,7 @@ def report(cfg, paper: bool = False) -> str:
             _row(
                 f"stored labels, IPC {cfg.distill.ipc}, {ev.epochs} ep (formula)",
                 s["bytes"],
-                "label values + replay data; each written file adds its safetensors header",
+                "label values + replay data; the files also hold each view's image index and a header",
             )
         )
     if paper:
