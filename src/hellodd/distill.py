@@ -263,6 +263,7 @@ def image_update(
             else torch.zeros(0, device=dev)
         )
     bsz = min(d.update_batch_size, j)
+    final = None  # the gathered images of the last checkpoint, when it is the last iteration
     partial = torch.zeros(total, 3, dtype=torch.float64)  # this rank's share of loss, info, agreement
     logged = it
     if bar is not None:
@@ -310,7 +311,8 @@ def image_update(
                 save_state(state_path, state)
             if stop:
                 raise engine.Preempted("image update", it, total, state_path)
-    return _gathered(fabric, s.detach(), j), history
+            final = state["images"] if it == total else None
+    return (final if final is not None else _gathered(fabric, s.detach(), j)), history
 
 
 def _gathered(fabric, t: torch.Tensor, n: int) -> torch.Tensor:

@@ -157,7 +157,6 @@ class FrozenCompiled(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model
         self.compiled = torch.compile(model)
 
     def forward(self, *args, **kwargs):

@@ -162,9 +162,10 @@ def digest(obj: Any) -> str:
 
 
 def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and bytes (binds a cache to in-memory images)."""
+    """sha256 of a tensor's dtype, shape and bytes (binds a cache to in-memory images; checks every loaded
+    safetensors file, so the bytes are hashed in place, not copied)."""
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
