@@ -251,3 +251,37 @@ def test_teacher_logits_from_models_or_one_averaging_module():
     want = (models[0](x) + models[1](x)) / 2
     assert torch.allclose(teacher_logits(models, x), want, atol=1e-6)
     assert torch.allclose(teacher_logits(MeanLogits(models), x), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [64, 65, 96])
+def test_folded_same_padding_gives_the_same_features(size):
+    """EfficientNet-Lite's pad-then-convolve layers, folded into plain symmetric convolutions for inference
+    (stride-2 layers get a zero tap): same features at the demo's 64 px and at sizes of other parity."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from hellodd.projector.bases import EfficientNetFeatures, fold_same_padding
+
+    torch.manual_seed(0)
+    net = EfficientNetFeatures(EfficientNet.from_name("efficientnet-lite0")).eval()
+    with torch.no_grad():  # BatchNorm statistics away from the identity, so every layer matters
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    net.to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, size, size)
+    with torch.no_grad():
+        before = net(x)
+        assert (
+            fold_same_padding(net) == 17
+        )  # 5 stride-2 layers grow a zero tap; 12 stride-1 layers keep theirs
+        after = net(x)
+    assert not any(isinstance(m, torch.nn.ZeroPad2d) for m in net.modules())
+    assert sorted({m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)}) == [
+        (1, 1),
+        (3, 3),
+        (4, 4),
+        (5, 5),
+        (6, 6),
+    ]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

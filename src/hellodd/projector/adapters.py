@@ -22,7 +22,7 @@ from torch import nn
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
-from hellodd.projector.bases import Projector, build_base
+from hellodd.projector.bases import Projector, build_base, fold_same_padding
 
 FORMAT = "hellodd-projector-v1"
 ADAPTER_FILE = "adapters.safetensors"  # stage 3's, and distill's view-adapted one beside the images
@@ -144,7 +144,8 @@ def load_projector(
 
 
 def merged_for_inference(p: Projector) -> Projector:
-    """A copy with every LoRA update merged into its base weights: base cost per forward, no autograd."""
+    """A copy with every LoRA update merged into its base weights and the pads folded into the convolutions
+    (:func:`~hellodd.projector.bases.fold_same_padding`): less than the base's cost per forward, no autograd."""
     import copy
 
     from peft.tuners.lora import LoraLayer
@@ -153,4 +154,5 @@ def merged_for_inference(p: Projector) -> Projector:
     for m in q.modules():
         if isinstance(m, LoraLayer) and not m.merged:
             m.merge(safe_merge=True)
+    fold_same_padding(q)  # EfficientNet's pads, now that no LoRA factor needs the kernels' shapes
     return q.eval().requires_grad_(False)

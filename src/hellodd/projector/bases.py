@@ -135,6 +135,46 @@ class EfficientNetFeatures(nn.Module):
         return self.net.extract_features(x).mean((2, 3))
 
 
+def fold_same_padding(module: nn.Module) -> int:
+    """Replace every TensorFlow-"same" convolution of EfficientNet-Lite (a fixed ``ZeroPad2d`` before a
+    convolution) by one plain convolution with symmetric padding and identical outputs; returns the count.
+
+    The pad is a copy of the whole activation before each of 17 layers, a fifth of a merged projector's
+    labelling time on the demo.  Stride-1 layers pad symmetrically already.  Stride-2 layers pad one pixel
+    more at the bottom/right, (0, 1) or (1, 2); they get the larger pad on both sides and one zero tap at the
+    top/left of the kernel, which then meets only what the original never read, so the sums are unchanged.
+    The kernels grow, so LoRA factors no longer fit: for inference copies with merged weights only."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, m in list(parent.named_children()):
+            pad = getattr(m, "static_padding", None)
+            if not (isinstance(m, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)) or m.dilation != (1, 1):
+                continue
+            left, right, top, bottom = pad.padding
+            ph, pw = max(top, bottom), max(left, right)
+            with torch.no_grad():
+                w = F.pad(m.weight, (pw - left, pw - right, ph - top, ph - bottom))
+                plain = nn.Conv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    tuple(w.shape[-2:]),
+                    m.stride,
+                    (ph, pw),
+                    groups=m.groups,
+                    bias=m.bias is not None,
+                    device=w.device,
+                    dtype=w.dtype,
+                )
+                plain.weight.copy_(w)
+                if m.bias is not None:
+                    plain.bias.copy_(m.bias)
+            if m.weight.is_contiguous(memory_format=torch.channels_last):
+                plain = plain.to(memory_format=torch.channels_last)  # as the projector's encoder
+            setattr(parent, name, plain.requires_grad_(False))
+            count += 1
+    return count
+
+
 def _attnpool_forward(self, x):
     """open_clip AttentionPool2d with the same math, but calling q/k/v/c_proj so LoRA on them applies."""
     n, c, h, w = x.shape
