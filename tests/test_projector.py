@@ -255,33 +255,37 @@ def test_teacher_logits_from_models_or_one_averaging_module():
 
 @pytest.mark.parametrize("size", [64, 65, 96])
 def test_folded_same_padding_gives_the_same_features(size):
-    """EfficientNet-Lite's pad-then-convolve layers, folded into plain symmetric convolutions for inference
-    (stride-2 layers get a zero tap): same features at the demo's 64 px and at sizes of other parity."""
+    """EfficientNet-Lite's pad-then-convolve layers become plain convolutions: the 12 symmetric (stride-1)
+    ones when the base is built, the 5 stride-2 ones, with a zero tap, for inference.  Same features as the
+    package's network at the demo's 64 px and at sizes of other parity; building draws no random numbers."""
     from efficientnet_lite_pytorch import EfficientNet
 
     from hellodd.projector.bases import EfficientNetFeatures, fold_same_padding
 
+    def pads(m):
+        return sum(isinstance(x, torch.nn.ZeroPad2d) for x in m.modules())
+
     torch.manual_seed(0)
-    net = EfficientNetFeatures(EfficientNet.from_name("efficientnet-lite0")).eval()
+    net = EfficientNet.from_name("efficientnet-lite0").eval()
     with torch.no_grad():  # BatchNorm statistics away from the identity, so every layer matters
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    net.to(memory_format=torch.channels_last)
     x = torch.rand(4, 3, size, size)
     with torch.no_grad():
-        before = net(x)
-        assert (
-            fold_same_padding(net) == 17
-        )  # 5 stride-2 layers grow a zero tap; 12 stride-1 layers keep theirs
-        after = net(x)
-    assert not any(isinstance(m, torch.nn.ZeroPad2d) for m in net.modules())
-    assert sorted({m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)}) == [
-        (1, 1),
-        (3, 3),
-        (4, 4),
-        (5, 5),
-        (6, 6),
-    ]
-    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+        reference = net.extract_features(x).mean((2, 3))
+    assert pads(net) == 17
+    features = EfficientNetFeatures(net).to(memory_format=torch.channels_last)
+    assert pads(features) == 5
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        built = features(x)
+        assert fold_same_padding(features) == 5
+        folded = features(x)
+    assert pads(features) == 0
+    assert torch.equal(torch.get_rng_state(), rng)  # a LoRA initialised after building draws as before
+    kernels = sorted({m.kernel_size for m in features.modules() if isinstance(m, torch.nn.Conv2d)})
+    assert kernels == [(1, 1), (3, 3), (4, 4), (5, 5), (6, 6)]  # stride-2 3x3 and 5x5 grew a zero tap
+    torch.testing.assert_close(built, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
