@@ -329,3 +329,55 @@ def test_two_process_distill_gives_the_one_process_set(run, tmp_path):
     assert not all(
         torch.equal(a[k], load_tensors(run / "projector" / "adapters.safetensors")[0][k]) for k in a
     )
+
+
+@pytest.mark.ddp
+def test_evaluation_runs_spread_over_two_processes_give_the_one_process_results(run, tmp_path):
+    """``evaluate.parallel=runs``: each of 2 gloo processes trains whole (source, student, seed) runs alone on
+    its device; every run is then a one-process run, so every row equals the one-process evaluation's (losses to
+    float rounding), stored labels (written by the rank that owns their seed) included."""
+    import shutil
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out in (one, two):
+        for stage in ("teachers", "projector", "distill"):
+            shutil.copytree(run / stage, out / stage)
+    args = ["--preset", "synthetic", "--set", "evaluate.parallel=runs", "--set", "evaluate.seeds=[0,1]"]
+    args += ["--set", "evaluate.label_sources=[hard,stored,projector]"]
+    assert main(["evaluate", "--out", str(one), *args]) == 0
+    r = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "hellodd",
+            "evaluate",
+            "--out",
+            str(two),
+            *args,
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+        ],
+        env=cli_env(),
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    # (seed, source) pairs alternate between the ranks; each rank prints its own runs
+    assert "seed 0: top-1" in r.stdout and "(rank 0)" in r.stdout and "(rank 1)" in r.stdout
+    m1, m2 = (
+        json.loads((o / "evaluate" / "ipc2-rded-update" / "metrics.json").read_text()) for o in (one, two)
+    )
+    assert (m1["parallel"], m2["parallel"], m2["world_size"]) == ("data", "runs", 2)
+    same = ("source", "student", "seed", "top1", "top5", "iterations")
+    assert [{k: r[k] for k in same} for r in m2["rows"]] == [{k: r[k] for k in same} for r in m1["rows"]]
+    # the losses agree to float32 rounding (2 processes run with a thread each: other summation orders)
+    assert [r["final_loss"] for r in m2["rows"]] == pytest.approx(
+        [r["final_loss"] for r in m1["rows"]], rel=1e-5
+    )
+    assert len(m2["rows"]) == 6
+    assert {k: v["bytes"] for k, v in m2["storage"].items()} == {
+        k: v["bytes"] for k, v in m1["storage"].items()
+    }

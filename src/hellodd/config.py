@@ -160,6 +160,10 @@ class EvaluateConfig:
     # torch.compile the students and the online labellers (inductor; needs a C++ compiler on a CPU): on the
     # demo's 2-core CPU with bf16 autocast a student step is 2.2x faster than eager fp32 (README, Performance)
     compile: bool = False
+    # with several processes: "data" trains each (source, student, seed) run data-parallel over all ranks, one
+    # run after another; "runs" gives each rank whole runs (round-robin), each trained as a one-process run on
+    # that rank's device, so the results equal a one-process evaluation's (for many small runs, e.g. small sets)
+    parallel: str = "data"
 
 
 @dataclass
@@ -510,6 +514,7 @@ def validate(cfg: Config) -> None:
         (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (0 < cfg.distill.adapt_lr_scale <= 100, "distill.adapt_lr_scale", "in (0, 100]"),
         (cfg.evaluate.schedule in ("half-cosine", "cosine"), "evaluate.schedule", "half-cosine or cosine"),
+        (cfg.evaluate.parallel in ("data", "runs"), "evaluate.parallel", "data or runs"),
         (
             set(cfg.evaluate.label_sources) <= set(LABEL_SOURCES) and cfg.evaluate.label_sources,
             "evaluate.label_sources",

@@ -85,6 +85,25 @@ def frozen(fabric, model: nn.Module) -> nn.Module:
     return fabric.to_device(model)
 
 
+def solo(fabric, precision: str):
+    """This rank as a one-process Fabric (same device and precision; no DDP, no collectives) for work that one
+    rank does alone: whole student runs with ``evaluate.parallel=runs``.  Its progress bars show on rank 0
+    only.  With one process, ``fabric`` itself."""
+    if fabric.world_size == 1:
+        return fabric
+    from lightning_fabric import Fabric
+
+    device = fabric.device
+    one = Fabric(
+        accelerator=device.type,
+        devices=[device.index] if device.type == "cuda" else 1,
+        strategy="auto",
+        precision=precision,
+    )
+    one.quiet = not fabric.is_global_zero  # read by progress()
+    return one
+
+
 # --------------------------------------------------------------------------------------------------
 # pre-emption: SIGTERM (what schedulers send first) or Ctrl-C asks the running loop to checkpoint and stop
 
@@ -355,7 +374,11 @@ def progress(fabric, iterable=None, **kwargs):
     validation passes, single student runs), so a log reads as a log."""
     from tqdm.auto import tqdm
 
-    off = not fabric.is_global_zero or os.environ.get("HELLODD_NO_PROGRESS") == "1"
+    off = (
+        not fabric.is_global_zero
+        or getattr(fabric, "quiet", False)
+        or os.environ.get("HELLODD_NO_PROGRESS") == "1"
+    )
     if not sys.stderr.isatty() and not off:
         if kwargs.get("leave", True):
             return LogProgress(iterable, **kwargs)

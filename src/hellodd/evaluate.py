@@ -28,6 +28,8 @@ import json
 import math
 import statistics
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -377,6 +379,25 @@ def _table(rows: list[dict], cost: dict) -> str:
     return "\n".join(lines)
 
 
+def _student_run(fabric, runs: Path, key: str, src, arch: str, seed: int, train, where: str) -> dict:
+    """One (source, student, seed) run, or its row from ``runs/`` when it finished earlier with the same
+    ``key`` (everything it depends on); its resume state lives beside it until it finishes.  ``train(state)``
+    trains it; ``where`` ends its line (the rank, when runs are spread)."""
+    line = f"evaluate: {src.name:9s} -> {arch}, seed {seed}: top-1"
+    finished = runs / f"{src.name}-{arch}-seed{seed}.json"
+    kept = read_json(finished) if finished.is_file() else {}
+    if kept.get("key") == key:
+        fabric.print(f"{line} {kept['row']['top1']:.2f}% (finished earlier){where}")
+        return kept["row"]
+    state = runs / f"{src.name}-{arch}-seed{seed}.state.pt"
+    row = train(state)
+    if fabric.is_global_zero:
+        write_json(finished, {"key": key, "row": row})
+        state.unlink(missing_ok=True)
+    fabric.print(f"{line} {row['top1']:.2f}%{where}")
+    return row
+
+
 def evaluate_dir(cfg: Config) -> Path:
     """``<out>/evaluate/<set>/``: one folder per distilled set, so evaluating one never overwrites another."""
     from hellodd.sets import distilled_dir
@@ -401,48 +422,48 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "evaluate")
-    rows, cost, online = [], {}, {}
     t0 = time.perf_counter()
     images_sha = tensor_sha256(images)
-    runs = out / "runs"  # one file per finished (source, student, seed) run, and the unfinished run's state
+    plan = [(seed, arch, name) for seed in ev.seeds for arch in ev.students for name in ev.label_sources]
+    spread = ev.parallel == "runs" and fabric.world_size > 1
+    # "runs": this rank's share of the plan, each run trained alone on this rank's device (a one-process run).
+    # A (seed, source) pair goes to one rank with all its students: stored labels are per seed, one writer
+    worker = engine.solo(fabric, cfg.engine.precision) if spread else fabric
+    pairs = [(seed, name) for seed in ev.seeds for name in ev.label_sources]
+    owner = {pair: i % fabric.world_size for i, pair in enumerate(pairs)}
+    mine = [r for r in plan if owner[(r[0], r[2])] == fabric.global_rank] if spread else plan
+    done, cost, online = {}, {}, {}
     for seed in ev.seeds:
+        todo = [(arch, name) for s, arch, name in mine if s == seed]
+        if not todo:
+            continue
         stream = student_stream(
-            ev, images, cfg.engine.seed * 1000 + seed, fabric.global_rank, fabric.world_size
+            ev, images, cfg.engine.seed * 1000 + seed, worker.global_rank, worker.world_size
         )
-        sources, c = build_label_sources(cfg, fabric, images, stream, seed, bundle.num_classes, out, online)
-        cost = cost or c
-        for arch in ev.students:
-            for name, src in sources.items():
-                key = run_key(cfg, images_sha, src, arch, seed, fabric.world_size)
-                done = runs / f"{name}-{arch}-seed{seed}.json"
-                kept = read_json(done) if done.is_file() else {}
-                if kept.get("key") == key:
-                    rows.append(kept["row"])
-                    fabric.print(
-                        f"evaluate: {name:9s} -> {arch}, seed {seed}: top-1 {rows[-1]['top1']:.2f}% (finished earlier)"
-                    )
-                    continue
-                state = runs / f"{name}-{arch}-seed{seed}.state.pt"
-                rows.append(
-                    train_student(
-                        cfg,
-                        fabric,
-                        arch,
-                        src,
-                        images,
-                        labels,
-                        bundle.val,
-                        bundle.num_classes,
-                        seed,
-                        stream,
-                        state,
-                        key,
-                    )
-                )
-                if fabric.is_global_zero:
-                    write_json(done, {"key": key, "row": rows[-1]})
-                    state.unlink(missing_ok=True)
-                fabric.print(f"evaluate: {name:9s} -> {arch}, seed {seed}: top-1 {rows[-1]['top1']:.2f}%")
+        needed = [n for n in ev.label_sources if any(n == t for _, t in todo)]
+        only = replace(cfg, evaluate=replace(ev, label_sources=needed))
+        sources, c = build_label_sources(only, worker, images, stream, seed, bundle.num_classes, out, online)
+        for k, v in c.items():
+            cost.setdefault(k, v)  # stored labels: the first seed's files
+        for arch, name in todo:
+            src = sources[name]
+            key = run_key(cfg, images_sha, src, arch, seed, worker.world_size)
+
+            train = partial(train_student, cfg, worker, arch, src, images, labels, bundle.val)
+            train = partial(train, bundle.num_classes, seed, stream, key=key)  # train(state_path)
+            where = f" (rank {fabric.global_rank})" if spread else ""
+            done[(seed, arch, name)] = _student_run(worker, out / "runs", key, src, arch, seed, train, where)
+    if spread:  # every rank's rows and label costs, on every rank
+        import torch.distributed as dist
+
+        shares = [None] * fabric.world_size
+        dist.all_gather_object(shares, (done, cost))
+        for their_rows, their_cost in shares:
+            done.update(their_rows)
+            for k, v in their_cost.items():
+                cost.setdefault(k, v)
+    rows = [done[r] for r in plan]
+    cost = {k: cost[k] for k in ev.label_sources if k in cost}
     table = _table(rows, cost)
     by_source = {}
     for r in rows:
@@ -454,6 +475,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "images_sha256": images_sha,  # results belong to these images (an export checks it)
         "ipc": cfg.distill.ipc,
         "epochs": ev.epochs,
+        "world_size": fabric.world_size,
+        "parallel": "runs" if spread else "data",  # runs: each run was a one-process run on one rank
         "rows": rows,
         "storage": cost,
         "mean_top1": means,
