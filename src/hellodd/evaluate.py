@@ -19,7 +19,8 @@ the runs of one process: ``benchmarks/bench_labels.py`` measures each source in 
 extra storage of the label source (:mod:`hellodd.storage`, from the real files).  Seeds vary the student's
 initialisation and the augmentation stream; ``stored`` labels are written once per seed (its storage is one
 seed's files).  Under DDP each rank draws its own share of every batch from the stream (rank in the seed)
-and labels it itself; stored labels are written and read per rank.
+and labels it itself; stored labels are written and read per rank.  With ``evaluate.parallel=runs`` each rank
+trains whole runs alone instead (one-process runs; :func:`run_evaluate`).
 """
 
 from __future__ import annotations
@@ -440,7 +441,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         stream = student_stream(
             ev, images, cfg.engine.seed * 1000 + seed, worker.global_rank, worker.world_size
         )
-        needed = [n for n in ev.label_sources if any(n == t for _, t in todo)]
+        needed = [n for n in ev.label_sources if n in {name for _, name in todo}]
         only = replace(cfg, evaluate=replace(ev, label_sources=needed))
         sources, c = build_label_sources(only, worker, images, stream, seed, bundle.num_classes, out, online)
         for k, v in c.items():
@@ -449,8 +450,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
             src = sources[name]
             key = run_key(cfg, images_sha, src, arch, seed, worker.world_size)
 
-            train = partial(train_student, cfg, worker, arch, src, images, labels, bundle.val)
-            train = partial(train, bundle.num_classes, seed, stream, key=key)  # train(state_path)
+            args = (cfg, worker, arch, src, images, labels, bundle.val, bundle.num_classes, seed, stream)
+            train = partial(train_student, *args, key=key)  # train(state_path)
             where = f" (rank {fabric.global_rank})" if spread else ""
             done[(seed, arch, name)] = _student_run(worker, out / "runs", key, src, arch, seed, train, where)
     if spread:  # every rank's rows and label costs, on every rank
