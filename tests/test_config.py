@@ -221,3 +221,37 @@ def test_dict_round_trip_and_unknown_keys():
     data["teacher"]["bogus"] = 1
     with pytest.raises(UserError, match="unknown key 'teacher.bogus'"):
         C.from_dict(data, where="x.json")
+
+
+def test_demo_settings_follow_the_ipc_and_explicit_overrides_win():
+    at10 = C.preset("fashion-mnist")
+    assert at10.distill.ipc == 10 and at10.distill.adapt_steps == 600 and at10.projector.teacher_epochs
+    at1 = C.apply_overrides(C.preset("fashion-mnist"), ["distill.ipc=1"])
+    want1 = C.ipc_settings("fashion-mnist", 1)
+    assert at1.distill.adapt_steps == want1["distill.adapt_steps"] != at10.distill.adapt_steps
+    mine = C.apply_overrides(C.preset("fashion-mnist"), ["distill.adapt_steps=7", "distill.ipc=1"])
+    assert mine.distill.adapt_steps == 7  # set by the user: the IPC's row does not replace it
+    assert mine.distill.adapt_lr_scale == want1["distill.adapt_lr_scale"]
+    at50 = C.apply_overrides(C.preset("fashion-mnist"), ["distill.ipc=50"])
+    assert at50.distill.candidates_per_class >= 50  # RDED keeps IPC x factor^2 candidates per class
+    # the rows are copies: changing one config's window leaves the table alone
+    at1.projector.teacher_epochs.append(9.0)
+    assert 9.0 not in C.ipc_settings("fashion-mnist", 1)["projector.teacher_epochs"]
+
+
+def test_too_few_rded_candidates_are_refused_when_the_config_is_built():
+    with pytest.raises(UserError, match="distill.candidates_per_class"):
+        C.apply_overrides(C.preset("fashion-mnist"), ["distill.ipc=50", "distill.candidates_per_class=20"])
+    C.apply_overrides(C.preset("fashion-mnist"), ["distill.ipc=50", "distill.init=random"])  # no candidates
+
+
+@pytest.mark.parametrize(
+    "sources, ok",
+    [("[teacher+gift,projector+gift,stored+gift]", True), ("[hard+gift]", False), ("[teacher+foo]", False)],
+)
+def test_refined_label_sources(sources, ok):
+    if ok:
+        C.apply_overrides(C.preset("synthetic"), [f"evaluate.label_sources={sources}"])
+    else:
+        with pytest.raises(UserError, match="evaluate.label_sources"):
+            C.apply_overrides(C.preset("synthetic"), [f"evaluate.label_sources={sources}"])

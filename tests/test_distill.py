@@ -181,7 +181,7 @@ def test_view_adapted_projector_is_bound_to_its_source_and_images(run, tmp_path)
     with pytest.raises(UserError, match="to other images than this set's"):
         projector_for(cfg, images.flip(0).contiguous())
     # stage 3 retrained (here: its file changed) after distill adapted the old adapters
-    stage3 = tmp_path / "projector" / "adapters.safetensors"
+    stage3 = tmp_path / "projector" / "rule-ipc2" / "adapters.safetensors"
     data = bytearray(stage3.read_bytes())
     data[-1] ^= 1
     stage3.write_bytes(bytes(data))
@@ -327,7 +327,8 @@ def test_two_process_distill_gives_the_one_process_set(run, tmp_path):
     b, _ = load_tensors(two / "adapters.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
     assert not all(
-        torch.equal(a[k], load_tensors(run / "projector" / "adapters.safetensors")[0][k]) for k in a
+        torch.equal(a[k], load_tensors(run / "projector" / "rule-ipc2" / "adapters.safetensors")[0][k])
+        for k in a
     )
 
 

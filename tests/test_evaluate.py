@@ -62,7 +62,7 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
         assert e["vs_random"] == pytest.approx(e["mean"] - r["mean"])
     assert "vs_random" not in by[("ipc2-rded-update", "stored")]  # not evaluated on the subset
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for stage in ("teachers", "projector"):
+    for stage in ("teachers", "projector/rule-ipc2"):  # one projector folder per weak-teacher window
         assert (tmp_path / stage / "config.json").is_file() and (tmp_path / stage / "storage.json").is_file()
     assert (ev / "config.json").is_file() and (rnd / "config.json").is_file()
 
@@ -89,7 +89,7 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *sources]) == 0
     storage = json.loads((ev / "metrics.json").read_text())["storage"]
     assert "ipc2-rded-update/adapters.safetensors" in storage["projector"]["formula"]
-    assert "projector/adapters.safetensors" in storage["projector-transfer"]["formula"]
+    assert "rule-ipc2/adapters.safetensors" in storage["projector-transfer"]["formula"]
     capsys.readouterr()
     assert main(["storage", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
     report = capsys.readouterr().out
@@ -108,3 +108,59 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
     assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *fast, *one]) == 0
     rows = json.loads((ev / "results.json").read_text())
     assert [r["source"] for r in rows] == ["teacher"] and 0 <= rows[0]["top1"] <= 100
+
+
+def test_run_over_several_ipcs_with_refined_sources(tmp_path, capsys):
+    """``hellodd run --ipc 1 2``: one trajectory, a set, a subset and a projector per IPC, GIFT-refined sources
+    beside their bases, and a report with the sources-by-IPC table and a section and plot per IPC."""
+    args = ["run", "--preset", "synthetic", "--out", str(tmp_path), "--ipc", "1", "2"]
+    sets = [
+        "--set",
+        "evaluate.seeds=[0]",
+        "--set",
+        "evaluate.label_sources=[hard,teacher,teacher+gift,projector]",
+        "--set",
+        "evaluate.baseline_sources=[projector+gift]",
+    ]
+    assert main([*args, *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "report.md" in printed and "frontier-ipc2.png" in printed
+    for ipc in (1, 2):
+        ev = json.loads((tmp_path / "evaluate" / f"ipc{ipc}-rded-update" / "metrics.json").read_text())
+        assert [r["source"] for r in ev["rows"]] == ["hard", "teacher", "teacher+gift", "projector"]
+        assert ev["storage"]["teacher+gift"] == ev["storage"]["teacher"]  # refined at zero bytes
+        gift, plain = (r for r in ev["rows"] if r["source"] in ("teacher+gift", "teacher"))
+        assert gift["final_loss"] != plain["final_loss"]  # another loss on the same views
+        rnd = json.loads((tmp_path / "evaluate" / f"ipc{ipc}-random" / "metrics.json").read_text())
+        assert [r["source"] for r in rnd["rows"]] == ["projector+gift"]
+        assert (tmp_path / "projector" / f"rule-ipc{ipc}" / "adapters.safetensors").is_file()
+        assert (tmp_path / f"frontier-ipc{ipc}.png").read_bytes()[:4] == b"\x89PNG"
+        # the guarded view adaptation kept the adapters with the lowest selection MSE it saw
+        adapt = json.loads((tmp_path / "distill" / f"ipc{ipc}-rded-update" / "metrics.json").read_text())[
+            "adapt"
+        ]
+        best = min(adapt["checks"], key=lambda c: c["select_mse"])
+        assert adapt["kept_step"] == best["step"] and adapt["checks"][0]["step"] == 0
+    report = (tmp_path / "report.md").read_text()
+    assert (
+        "## Label sources by IPC" in report and "| label source (convnet-d2-w16) | IPC 1 | IPC 2 |" in report
+    )
+    assert "## IPC 1" in report and "## IPC 2" in report and "random subset: projector+gift" in report
+    assert "Projector labels" in report and "the online teacher's" in report  # the verdict, in words
+
+
+def test_gift_loss_is_the_cosine_to_the_refined_target():
+    import torch
+    import torch.nn.functional as F
+
+    from hellodd.evaluate import gift_loss
+
+    torch.manual_seed(0)
+    z, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    smooth = torch.full((5, 4), 0.1 / 3).scatter_(1, y[:, None], 0.9)
+    refined = F.normalize(z, dim=-1) + 0.1 * F.normalize(smooth, dim=-1)
+    assert gift_loss(3.0 * refined, z, y).abs() < 1e-6  # any positive multiple of the target: no loss
+    out = torch.randn(5, 4)
+    want = 1 - F.cosine_similarity(out, refined, dim=-1).mean()
+    assert torch.allclose(gift_loss(out, z, y), want)
+    assert gift_loss(-refined, z, y) > 1.9  # the opposite direction: the largest loss

@@ -66,7 +66,7 @@ def test_killed_projector_transfer_resumes_to_the_same_adapters(base, tmp_path):
     resumed = _killed_then_resumed(_cmd("projector", outs[0], *more), at)
     assert resumed.returncode == 0 and f"resuming at step {6 * ((at - 1) // 6)}/18" in resumed.stdout, at
     assert subprocess.run(_cmd("projector", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
-    assert _same_tensors(*(o / "projector" / "adapters.safetensors" for o in outs))
+    assert _same_tensors(*(o / "projector" / "rule-ipc2" / "adapters.safetensors" for o in outs))
 
 
 def test_killed_selection_resumes_to_the_same_initial_images(base, tmp_path):
@@ -215,7 +215,7 @@ ARTEFACTS = [  # (kind, file under the run folder, how it is read)
     ("teacher checkpoint", "teachers/final.safetensors", "pool"),
     ("pool checkpoint", "teachers/pool/epoch_000.500.safetensors", "pool"),
     ("pool index", "teachers/pool.json", "pool"),
-    ("adapters", "projector/adapters.safetensors", "tensors"),
+    ("adapters", "projector/rule-ipc2/adapters.safetensors", "tensors"),
     ("view-adapted adapters", "distill/ipc2-rded-update/adapters.safetensors", "tensors"),
     ("distilled images", "distill/ipc2-rded-update/images.safetensors", "set"),
     ("selection cache", "distill/ipc2-rded-update/init.safetensors", "tensors"),

@@ -82,7 +82,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p.add_argument("--version", action="version", version=f"hellodd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run every stage in order")
+    rn = sub.add_parser("run", parents=[common], help="run every stage in order")
+    rn.add_argument(
+        "--ipc",
+        nargs="+",
+        type=int,
+        metavar="N",
+        help="several IPCs over one trajectory, each with its preset settings, e.g. --ipc 1 10 50",
+    )
     te = sub.add_parser("teachers", parents=[common], help="train the teacher trajectory (model pool)")
     te.add_argument(
         "--import",
@@ -115,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace, ipc: int | None = None):
+    """The config of ``args``; with ``ipc``, that IPC's (the preset's settings for it, then ``--set``)."""
     from hellodd import config as C
 
     if args.config:
@@ -144,6 +152,10 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.insert(0, f"{key}={value}")
+    if ipc is not None:
+        if any(o.split("=", 1)[0].strip() == "distill.ipc" for o in overrides):
+            raise UserError("--ipc and --set distill.ipc: give the IPCs once, with --ipc")
+        overrides.insert(0, f"distill.ipc={ipc}")
     return C.apply_overrides(cfg, overrides)
 
 
@@ -193,7 +205,8 @@ def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
         from hellodd.pipeline import run_all
         from hellodd.summary import summarise
 
-        results = run_all(cfg, fabric)
+        ipcs = getattr(args, "ipc", None)
+        results = run_all([build_config(args, n) for n in dict.fromkeys(ipcs)] if ipcs else cfg, fabric)
         if fabric.is_global_zero:
             print("\n" + summarise(cfg, results))
         return
@@ -241,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = engine.install_stop_handlers()  # SIGTERM / Ctrl-C: checkpoint, then stop (engine.Preempted)
     try:
         cfg = None if args.command in ("report", "verify") else build_config(args)
+        for n in getattr(args, "ipc", None) or []:  # every IPC's config is checked before any stage works
+            build_config(args, n)
         dispatch(cfg, args.command, args)
     except UserError as e:
         print(f"hellodd: error: {_one_line(e)}", file=sys.stderr)

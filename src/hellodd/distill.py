@@ -571,4 +571,11 @@ def _summary(cfg: Config, metrics: dict, count: int) -> str:
             f"{metrics['adapt']['seconds']:.0f} s): top-1 agreement with its weak teachers on held-out views "
             f"{b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, logit MSE {b['logit_mse']:.3f} -> {a['logit_mse']:.3f}"
         )
+        if metrics["adapt"]["kept_step"] != d.adapt_steps:
+            line += f" (kept step {metrics['adapt']['kept_step']}, the best on the selection views)"
+        if metrics["adapt"]["regressed"]:
+            line += (
+                "\nwarning: the view adaptation ended BELOW where it started on held-out views; "
+                "its adapters label this set worse than stage 3's would (lower distill.adapt_lr_scale)"
+            )
     return line

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from hellodd import engine
-from hellodd.config import Config
+from hellodd.config import Config, split_source
 from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import (
@@ -55,6 +55,7 @@ from hellodd.labels import (
     LabelStore,
     MeanLogits,
     ModelLabels,
+    Refined,
     StoredLabels,
     kept_epochs,
     render,
@@ -101,12 +102,26 @@ def logit_loss(
     return F.mse_loss(logits, targets) + ce_weight * F.cross_entropy(logits, y)
 
 
+def gift_loss(
+    logits: torch.Tensor, targets: torch.Tensor, y: torch.Tensor, smoothing: float = 0.1
+) -> torch.Tensor:
+    """GIFT's refined target and loss: ``1 - cos(logits, normalize(targets) + 0.1 * normalize(smooth(y)))``,
+    with ``smooth(y)`` the one-hot label smoothed by ``smoothing`` (the rest spread over the other classes).
+    ``y`` is the un-mixed hard label, as in the CE term of the ``mse`` loss."""
+    c = logits.shape[-1]
+    smooth = torch.full_like(targets, smoothing / (c - 1)).scatter_(1, y[:, None], 1.0 - smoothing)
+    refined = F.normalize(targets, dim=-1) + 0.1 * F.normalize(smooth, dim=-1)
+    return 1.0 - F.cosine_similarity(logits, refined, dim=-1).mean()
+
+
 def student_loss(
     cfg: Config, logits: torch.Tensor, targets: torch.Tensor, kind: str, y: torch.Tensor
 ) -> torch.Tensor:
     ev = cfg.evaluate
     if kind == "probs":
         return torch.sum(-targets * F.log_softmax(logits, -1), -1).mean()
+    if kind == "gift":
+        return gift_loss(logits, targets, y)
     return logit_loss(logits, targets, y, ev.loss, ev.ce_weight, ev.temperature)
 
 
@@ -123,7 +138,7 @@ def student_step(
 ) -> torch.Tensor:
     """One student iteration, as timed per label source: render the batch's views, label them, one optimiser
     step.  Stored labels replay their own copy of the stream's batches; other sources draw from ``stream``."""
-    batches = source if isinstance(source, StoredLabels) else stream
+    batches = source if hasattr(source, "batch_params") else stream  # stored labels replay their views
     idx, crops, mix = batches.batch_params(epoch, step)
     x = render(images, idx, crops, mix, fabric.device)
     y = labels[idx].to(fabric.device)
@@ -292,7 +307,8 @@ def build_label_sources(
     cache = {} if cache is None else cache
     built, cost = {}, {}
     teacher_path = teacher = None
-    if {"teacher", "stored", "compressed"} & set(ev.label_sources):
+    bases = list(dict.fromkeys(split_source(n)[0] for n in ev.label_sources))  # teacher+gift: the teacher
+    if {"teacher", "stored", "compressed"} & set(bases):
         from hellodd.teachers import load_pool
 
         teacher_path = load_pool(cfg)["final_path"]
@@ -301,7 +317,7 @@ def build_label_sources(
         teacher = cache["_teacher"]
     stores = {}  # stored and compressed: written in one teacher pass (the same views)
     for name in ("stored", "compressed"):
-        if name in ev.label_sources:
+        if name in bases:
             topk = 0 if name == "stored" else ev.compressed_topk
             kept = ev.epochs if name == "stored" else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
             root = out / f"{name}-labels" / f"seed{seed}" / f"rank{fabric.global_rank}"
@@ -310,7 +326,7 @@ def build_label_sources(
     files = dict(
         zip(stores, write_label_stores(list(stores.values()), teacher, images, stream, fabric.device))
     )
-    for name in ev.label_sources:
+    for name in bases:
         if name in cache:
             built[name], cost[name] = cache[name]
         elif name == "hard":
@@ -357,7 +373,11 @@ def build_label_sources(
             if ev.compile:
                 built[name].model = engine.compile_frozen(built[name].model)
             cache[name] = built[name], cost[name]
-    return built, cost
+    for name in ev.label_sources:  # refined sources: the base's targets, the base's bytes
+        base, refinement = split_source(name)
+        if refinement:
+            built[name], cost[name] = Refined(built[base], refinement), cost[base]
+    return {n: built[n] for n in ev.label_sources}, {n: cost[n] for n in ev.label_sources}
 
 
 def _table(rows: list[dict], cost: dict) -> str:

@@ -13,6 +13,11 @@ writes ``report.md`` and ``frontier.png`` into the chosen folder (the run itself
   source with its std, the distilled set filled and the random subset hollow, for the first student.
 
 Several runs (e.g. adapters saved in fp16, other ranks) go on one frontier; rows then name their run.
+
+Per IPC, the report says in words where the projector's labels stand: above the teacher's, within 1 point,
+or below (the paper's claim is "above" at small IPC), and against stored and compressed labels that cost no
+more bytes.  Runs with several IPCs (``hellodd run --ipc 1 10 50``) also get the paper's main table: label
+sources by IPC, with their bytes, and one section (table, verdict, frontier plot) per IPC.
 """
 
 from __future__ import annotations
@@ -197,19 +202,106 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
-def write_report(runs: list[Path], to: Path) -> dict:
-    """Write ``report.md``, ``report.json`` and ``frontier.png`` into ``to``; return what was written."""
+def _mean(entries: list[dict], source: str) -> dict | None:
+    found = [e for e in entries if e["source"] == source and not e["random"]]
+    return found[0] if found else None
+
+
+def verdict(entries: list[dict]) -> list[str]:
+    """Where the projector's labels stand on one IPC's distilled set (first student), in words."""
+    student = entries[0]["student"]
+    mine = [e for e in entries if e["student"] == student]
+    proj, lines = _mean(mine, "projector"), []
+    if proj is None:
+        return lines
+    teacher = _mean(mine, "teacher")
+    if teacher is not None:
+        gap = proj["mean"] - teacher["mean"]
+        where = (
+            "ABOVE the teacher's (the paper's claim at IPC 1 and 10)"
+            if gap > 1
+            else "within 1 point of the teacher's"
+            if gap >= -1
+            else "BELOW the teacher's by more than a point"
+        )
+        lines.append(
+            f"- Projector labels {proj['mean']:.2f} ± {proj['std']:.2f} against the online teacher's "
+            f"{teacher['mean']:.2f} ± {teacher['std']:.2f} ({gap:+.2f}): {where}."
+        )
+    for name in ("stored", "compressed"):
+        other = _mean(mine, name)
+        if other is None:
+            continue
+        cheaper = "no more" if other["bytes"] <= proj["bytes"] else "more"
+        beats = "beat" if proj["mean"] > other["mean"] else "do not beat"
+        lines.append(
+            f"- {name.capitalize()} labels cost {other['bytes']:,} B, {cheaper} than the projector's "
+            f"{proj['bytes']:,} B, and reach {other['mean']:.2f} ± {other['std']:.2f}: the projector's labels "
+            f"{beats} them."
+        )
+    return lines
+
+
+def ipc_table(entries: list[dict]) -> str:
+    """The paper's main table: one row per label source (distilled set, then random subset), one column per
+    IPC; each cell top-1 mean ± std and the source's label bytes (first student)."""
+    student = entries[0]["student"]
+    mine = [e for e in entries if e["student"] == student]
+    ipcs = sorted({e["ipc"] for e in mine})
+    order = ["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"]
+    sources = sorted(
+        {e["source"] for e in mine},
+        key=lambda n: (order.index(n.split("+")[0]) if n.split("+")[0] in order else 99, n),
+    )
+    lines = [
+        f"| label source ({student}) | " + " | ".join(f"IPC {i}" for i in ipcs) + " |",
+        "|---|" + "---|" * len(ipcs),
+    ]
+    for random in (False, True):
+        for src in sources:
+            cells = []
+            for i in ipcs:
+                e = [x for x in mine if (x["source"], x["ipc"], x["random"]) == (src, i, random)]
+                cells.append(f"{e[0]['mean']:.2f} ± {e[0]['std']:.2f} ({e[0]['bytes']:,} B)" if e else "-")
+            if any(c != "-" for c in cells):
+                name = f"random subset: {src}" if random else src
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> dict:
+    """Write ``report.md``, ``report.json`` and the frontier plot(s) into ``to``; return what was written.
+    ``ipcs``: only the sets of these IPCs (default: every set of the runs)."""
     for run in runs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run folder")
     entries, whole = collect(runs)
-    md = table(entries, whole)
+    if ipcs:
+        entries = [e for e in entries if e["ipc"] in ipcs]
+        if not entries:
+            raise UserError(f"{runs[0]}: no evaluated set at IPC {', '.join(map(str, ipcs))}")
+    found = sorted({e["ipc"] for e in entries})
     to.mkdir(parents=True, exist_ok=True)
-    write_bytes(to / "report.md", ("# hellodd report\n\n" + md + "\n\n![frontier](frontier.png)\n").encode())
+    sections, plots = [], []
+    for ipc in found:
+        mine = [e for e in entries if e["ipc"] == ipc]
+        name = "frontier.png" if len(found) == 1 else f"frontier-ipc{ipc}.png"
+        plot(mine, whole, to / name)
+        plots.append(to / name)
+        said = verdict(mine)
+        sections.append(
+            (f"## IPC {ipc}\n\n" if len(found) > 1 else "")
+            + table(mine, whole)
+            + ("\n\n" + "\n".join(said) if said else "")
+            + f"\n\n![frontier]({name})\n"
+        )
+    md = "\n".join(sections)
+    if len(found) > 1:
+        md = "## Label sources by IPC\n\n" + ipc_table(entries) + "\n\n" + md
+    write_bytes(to / "report.md", ("# hellodd report\n\n" + md).encode())
     write_bytes(to / "report.json", json.dumps({"entries": entries, "whole_data": whole}, indent=2).encode())
-    plot(entries, whole, to / "frontier.png")
     return {
         "table": md,
         "entries": entries,
-        "summary": f"report: {(to / 'report.md').resolve()} and {(to / 'frontier.png').resolve()}",
+        "summary": f"report: {(to / 'report.md').resolve()} and {', '.join(str(p.resolve()) for p in plots)}",
     }

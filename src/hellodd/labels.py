@@ -22,6 +22,7 @@ compressed stored labels, compressed (the LPLD / FKD top-k line): only the top-k
            logits, which fills every other class when the target is rebuilt; and only a fraction of
            the epochs is written, epoch e replaying the views and labels of kept epoch e mod K
 projector  logits of the HeLlO projector (base + LoRA merged), online, under inference mode
+X+gift     source X's logits, refined at zero bytes (GIFT): mixed with smoothed hard labels, cosine loss
 ========== =============================================================================================
 """
 
@@ -120,6 +121,24 @@ class ModelLabels:
         with torch.inference_mode():
             z = self.model(x).float()
         return z.clone()  # a normal tensor again, usable in the autograd graph as a constant target
+
+
+class Refined:
+    """A logit source whose targets a student learns with a refinement (``kind``), at no extra bytes.
+
+    ``gift`` (GIFT, ICLR 2025): the target is ``normalize(z) + 0.1 * normalize(smooth(y))``, the source's
+    logits ``z`` and the hard label smoothed by 0.1, learnt with a cosine-similarity loss
+    (:func:`hellodd.evaluate.gift_loss`).  Stored sources keep replaying their own views."""
+
+    def __init__(self, base, refinement: str):
+        self.base, self.kind = base, refinement
+        self.name = f"{base.name}+{refinement}"
+        self.identity = {**getattr(base, "identity", {}), "refinement": refinement}
+        if hasattr(base, "batch_params"):  # stored labels: the views they were written for
+            self.batch_params = base.batch_params
+
+    def targets(self, x, y, mix, epoch, step):
+        return self.base.targets(x, y, mix, epoch, step)
 
 
 class MeanLogits(torch.nn.Module):

@@ -5,6 +5,10 @@
 its own views exactly as the set's is), 5. evaluate both (the set with ``evaluate.label_sources``, the subset
 with ``evaluate.baseline_sources``: same seeds, streams and protocol), 6. ``hellodd report`` on the run.
 An empty ``evaluate.baseline_sources`` skips steps 4 and the subset's evaluation.
+
+``hellodd run --ipc 1 10 50`` runs steps 2-5 once per IPC over one trajectory (step 1 once), each IPC with its
+preset settings (weak-teacher window, view-adaptation budget; a projector is trained once per window), and
+the report gains a table in the paper's shape (label sources by IPC) and a section per IPC.
 """
 
 from __future__ import annotations
@@ -25,22 +29,30 @@ def baseline_config(cfg: Config) -> Config | None:
     return base
 
 
-def run_all(cfg: Config, fabric) -> dict:
+def run_all(cfg: Config | list[Config], fabric) -> dict:
+    """Every stage for one config, or for one config per IPC (same run folder, same trajectory)."""
     from hellodd.distill import run_distill
     from hellodd.evaluate import run_evaluate
-    from hellodd.projector import run_projector
+    from hellodd.projector import projector_path, run_projector
     from hellodd.summary import announce
     from hellodd.teachers import train_teachers
 
-    base = baseline_config(cfg)
-    steps = [
-        ("teachers", cfg, train_teachers),
-        ("projector", cfg, run_projector),
-        ("distill", cfg, run_distill),
-        ("distill (random subset)", base, run_distill),
-        ("evaluate", cfg, run_evaluate),
-        ("evaluate (random subset)", base, run_evaluate),
-    ]
+    cfgs = cfg if isinstance(cfg, list) else [cfg]
+    many = len(cfgs) > 1
+    steps = [("teachers", cfgs[0], train_teachers)]
+    projectors = set()  # one transfer per weak-teacher window
+    for c in cfgs:
+        tag = f" (IPC {c.distill.ipc})" if many else ""
+        if projector_path(c) not in projectors:
+            projectors.add(projector_path(c))
+            steps.append((f"projector{tag}", c, run_projector))
+        base = baseline_config(c)
+        steps += [
+            (f"distill{tag}", c, run_distill),
+            (f"distill (random subset){tag}", base, run_distill),
+            (f"evaluate{tag}", c, run_evaluate),
+            (f"evaluate (random subset){tag}", base, run_evaluate),
+        ]
     results = {}
     for name, c, stage in steps:
         if c is not None:
@@ -49,6 +61,7 @@ def run_all(cfg: Config, fabric) -> dict:
     if fabric.is_global_zero:
         from hellodd.frontier import write_report
 
-        results["report"] = write_report([Path(cfg.out)], Path(cfg.out))
+        ipcs = [c.distill.ipc for c in cfgs]
+        results["report"] = write_report([Path(cfgs[0].out)], Path(cfgs[0].out), ipcs=ipcs)
     fabric.barrier()
     return results

@@ -24,6 +24,10 @@ def stage_folder(cfg: Config, stage: str) -> Path:
     from hellodd.sets import distilled_dir
 
     out = Path(cfg.out).resolve()
+    if stage.startswith("projector"):
+        from hellodd.projector import projector_path
+
+        return projector_path(cfg).parent.resolve()
     if stage.startswith("distill"):
         return distilled_dir(cfg).resolve()
     if stage.startswith("evaluate"):

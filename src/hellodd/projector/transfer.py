@@ -66,7 +66,14 @@ def teacher_logits(teachers: list[nn.Module] | nn.Module, x: torch.Tensor) -> to
 
 
 def projector_path(cfg: Config) -> Path:
-    return stage_dir(cfg, "projector") / ADAPTER_FILE
+    """Stage 3's adapters for this config's weak teachers: ``<out>/projector/<window>/adapters.safetensors``,
+    one folder per window (``teachers-<epochs>``, or ``rule-ipc<IPC>`` for the position rule), so the IPCs
+    of one run, whose windows differ, each keep their projector."""
+    from hellodd.config import weak_teacher_epochs
+
+    epochs = weak_teacher_epochs(cfg)
+    window = "teachers-" + "-".join(f"{e:g}" for e in epochs) if epochs else f"rule-ipc{cfg.distill.ipc}"
+    return stage_dir(cfg, "projector") / window / ADAPTER_FILE
 
 
 def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
@@ -297,7 +304,7 @@ def run_projector(cfg: Config, fabric) -> dict:
     bundle = load_data(cfg.data, cfg.engine.seed)
     pool["classes"] = bundle.classes
     teachers = weak_teachers(pool, cfg)
-    out = stage_dir(cfg, "projector")
+    out = projector_path(cfg).parent
     result = train_projector(cfg, fabric, cfg.projector, out, bundle, teachers)
     kind = "pretrained" if result["base"]["pretrained"] else "random"
     used = ", ".join("{:g}:{:.1f}".format(t["epoch"], t["top1"]) for t in result["teachers"])

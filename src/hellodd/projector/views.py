@@ -18,7 +18,7 @@ from hellodd.projector.adapters import ADAPTER_FILE, adapter_tensors, load_proje
 from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, teacher_logits, transfer_loss
 
 # streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
-ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED = 10**6, 2 * 10**6
+ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED, SELECT_STREAM_SEED = 10**6, 2 * 10**6, 4 * 10**6
 
 
 def view_agreement(fabric, proj: nn.Module, teachers: nn.Module, images, stream, batches: int) -> dict:
@@ -43,16 +43,24 @@ def adapt_to_views(
 
     The transfer of :func:`train_projector` runs on real training images.  Students query the projector on
     random-resized crops, flips and CutMix of the *distilled* images (:class:`~hellodd.labels.Stream`), where
-    the demo's projector copies its teachers far more loosely (logit MSE 1.8 vs 0.5 after this step,
-    measured; README).  This step trains the same adapters (same loss, teachers and optimiser settings) for
-    ``distill.adapt_steps`` batches of such views (learning rates x ``distill.adapt_lr_scale``), drawn from a stream of the evaluation's augmentation
+    the demo's projector copies its teachers far more loosely (docs/method.md).  This step trains the same
+    adapters (same loss, teachers and optimiser settings) for ``distill.adapt_steps`` batches of such views
+    (learning rates x ``distill.adapt_lr_scale``), drawn from a stream of the evaluation's augmentation
     (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``, ``evaluate.batch_size``) with its own seed, so
-    never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.  The result is
-    written beside the distilled set as ``adapters.safetensors``, a file of the same size as the transfer's.
-    Agreement with the teachers is measured before and after on a held-out stream.  Resumable (state every
-    50 steps).  Across ranks, every rank renders the whole batch and trains on its block of rows; the
-    gradients, weighted by each block's share, are summed (one all-reduce), so every rank takes the one-process
-    step up to the order of that sum.  bf16 autocast works, fp16 would need a scaler.
+    never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.
+
+    It cannot silently collapse: ``distill.adapt_checks`` times over the budget (and before the first step)
+    the logit MSE to the teachers is measured on a *selection* stream of about 300 views of its own.  The
+    adapters with the lowest MSE so far are kept; a check that does not improve on them puts them back and
+    halves the learning rates.  The result is the best adapters seen, the stage-3 ones included, so on the
+    selection stream it is never worse than where it started.  Agreement is reported before and after on a
+    third, held-out stream (about 1000 views); ``regressed`` says whether it ended below where it started.
+
+    The result is written beside the distilled set as ``adapters.safetensors``, a file of the same size as
+    the transfer's.  Resumable (state every 50 steps and at every check).  Across ranks, every rank renders
+    the whole batch and trains on its block of rows; the gradients, weighted by each block's share, are
+    summed (one all-reduce), so every rank takes the one-process step up to the order of that sum.  bf16
+    autocast works, fp16 would need a scaler.
     """
     from dataclasses import replace
 
@@ -72,15 +80,28 @@ def adapt_to_views(
         teacher_models = engine.compile_frozen(teacher_models)
     num_classes = len(proj.classes)
 
-    train, held = (
+    train, select, held = (
         student_stream(cfg.evaluate, images, s + cfg.engine.seed)
-        for s in (ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED)
+        for s in (ADAPT_STREAM_SEED, SELECT_STREAM_SEED, HELD_OUT_STREAM_SEED)
     )
     probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
+    select_batches = max(1, -(-300 // select.batch))  # about 300 selection views
+
+    def select_mse() -> float:
+        proj.eval()
+        mse = view_agreement(fabric, proj, teacher_models, images, select, select_batches)["logit_mse"]
+        proj.train()
+        return mse
+
     before = view_agreement(fabric, proj.eval(), teacher_models, images, held, probe_batches)
     opt = adapter_optimizer(proj, pcfg)
     total, source, images_sha = d.adapt_steps, sha256(adapter_file), tensor_sha256(images)
     warm, step = max(1, round(0.05 * total)), 0
+    checks = (
+        sorted({round(total * (i + 1) / d.adapt_checks) for i in range(d.adapt_checks)})
+        if d.adapt_checks
+        else []
+    )
     state_path = out / "adapt_state.pt"
     ev = cfg.evaluate
     key = {  # everything the adapted adapters depend on: a state made from anything else is not resumed
@@ -89,15 +110,25 @@ def adapt_to_views(
         "images": images_sha,
         "optimiser": [pcfg.lr, pcfg.head_lr, pcfg.weight_decay, pcfg.ce_weight],
         "views": [cfg.engine.seed, ev.batch_size, ev.crop_min_scale, ev.cutmix_alpha],
+        "checks": checks,
     }
+
+    def snapshot() -> dict:
+        return {k: v.clone() for k, v in adapter_tensors(proj).items()}  # not views of the live parameters
+
+    best = {"step": 0, "mse": None, "adapters": snapshot()}
+    history: list[dict] = []
     if state_path.exists():
         st = load_state(state_path)
         if {k: st.get(k) for k in key} == key:
             proj.load_state_dict(st["adapters"], strict=False)
             opt.load_state_dict(st["optimizer"])
-            step = st["step"]
+            step, best, history = st["step"], st["best"], st["history"]
         else:  # other steps, stage-3 adapters or images: never resumed, never reused
             fabric.print(f"hellodd: {state_path} was made from other inputs; adapting afresh")
+    if best["mse"] is None and checks:
+        best["mse"] = select_mse()
+        history.append({"step": 0, "select_mse": best["mse"], "kept": True})
     if bar is not None:
         bar.update(step)
     t0 = time.perf_counter()
@@ -120,17 +151,29 @@ def adapt_to_views(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
+        if step in checks:  # keep the best adapters; a check without progress goes back and halves the rates
+            now = select_mse()
+            kept = now < best["mse"]
+            if kept:
+                best = {"step": step, "mse": now, "adapters": snapshot()}
+            else:
+                proj.load_state_dict(best["adapters"], strict=False)
+                for g in opt.param_groups:
+                    g["base_lr"] *= 0.5
+            history.append({"step": step, "select_mse": now, "kept": kept})
         engine.test_signal(step)
         stop = engine.stop_requested(fabric)
         if (
-            step % 50 == 0 or step == total or stop
+            step % 50 == 0 or step in checks or step == total or stop
         ) and fabric.is_global_zero:  # ranks hold the same adapters
             state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
-            save_state(state_path, {**state, **key})
+            save_state(state_path, {**state, "best": best, "history": history, **key})
         if stop:
             fabric.barrier()
             raise engine.Preempted("view adaptation", step, total, state_path)
     seconds = time.perf_counter() - t0
+    if checks:
+        proj.load_state_dict(best["adapters"], strict=False)
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
     probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
@@ -140,6 +183,7 @@ def adapt_to_views(
         "adapted_from": source,
         "adapted_to_images": images_sha,
         "adapt_steps": total,
+        "kept_step": best["step"] if checks else total,
         "teachers": meta.get("teachers"),
     }
     if fabric.is_global_zero:
@@ -147,10 +191,16 @@ def adapt_to_views(
     fabric.barrier()
     return {
         "steps": total,
+        "kept_step": extra["kept_step"],
         "seconds": seconds,
         "held_out_views": probe_batches * held.batch,
+        "selection_views": select_batches * select.batch,
+        "checks": history,
         "agreement_before": before,
         "agreement_after": after,
+        # ended below where it started on held-out views: fewer top-1 agreements or a larger logit MSE
+        "regressed": after["top1_agreement"] < before["top1_agreement"]
+        or after["logit_mse"] > before["logit_mse"],
         "val_probe_top1": probe_val["top1"],
         "adapter_file": str(path),
         "adapter_bytes": path.stat().st_size,
