@@ -630,7 +630,8 @@ def validate(cfg: Config) -> None:
         (
             cfg.distill.init != "rded" or cfg.distill.candidates_per_class >= need,
             "distill.candidates_per_class",
-            f"at least IPC x factor^2 = {need} (RDED keeps that many of each class's candidates)",
+            f"at least distill.ipc={cfg.distill.ipc} x distill.factor^2 = {need}: RDED keeps that many of "
+            "each class's candidates (lower distill.ipc or distill.factor, or raise distill.candidates_per_class)",
         )
     )
     ckpt = cfg.projector.checkpoint
