@@ -4,13 +4,17 @@ PYTHON ?= python3
 export MALLOC_MMAP_THRESHOLD_ = 4000000000
 export MALLOC_TRIM_THRESHOLD_ = 4000000000
 
-.PHONY: setup run test lint
+.PHONY: setup run table test lint
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
 
 run: setup
 	hellodd run
+
+# the paper's main table on the demo: IPC 1, 10 and 50 over one trajectory
+table: setup
+	hellodd run --ipc 1 10 50 --out runs/fashion-mnist-table
 
 test: setup
 	$(PYTHON) -m ruff check src tests benchmarks

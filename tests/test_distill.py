@@ -150,6 +150,27 @@ def test_view_adaptation_brings_the_projector_closer_to_its_teachers(run, tmp_pa
     load_projector(tmp_path / "adapters.safetensors", cache_dir=run / "cache")  # rebuilds from the file alone
 
 
+def test_a_collapsing_view_adaptation_goes_back_to_its_best_adapters(run, tmp_path):
+    """At 100x the transfer's rates the adaptation diverges; its checks put the best adapters back and halve
+    the rates, so what it writes is within the tolerance of the best it saw on the selection views."""
+    from hellodd import engine
+    from hellodd.config import apply_overrides, preset
+    from hellodd.data import load_data
+    from hellodd.distill import adapt_projector
+    from hellodd.projector.views import REGRESSION_TOLERANCE
+
+    over = [f"out={run}", "distill.adapt_steps=20", "distill.adapt_lr_scale=100", "distill.adapt_checks=4"]
+    cfg = apply_overrides(preset("synthetic"), over)
+    images, labels, _ = read_set(run / "distill" / "ipc2-rded-update")
+    m = adapt_projector(cfg, engine.make_fabric(cfg.engine), images, labels, load_data(cfg.data), tmp_path)
+    checks = m["checks"]
+    assert [c["step"] for c in checks] == [0, 5, 10, 15, 20]
+    assert any(c["regression"] for c in checks)  # it did diverge, and the checks saw it
+    best = min(c["select_mse"] for c in checks)
+    kept = [c for c in checks if c["step"] == m["kept_step"]][0]["select_mse"]
+    assert kept <= (1 + REGRESSION_TOLERANCE) * best
+
+
 def test_distill_without_adaptation_drops_a_stale_adapted_projector(run, tmp_path):
     import shutil
 

@@ -143,8 +143,8 @@ class DistillConfig:
     adapt_lr_scale: float = (
         1.0  # the view adaptation's learning rates: the transfer's (projector.lr, head_lr) x this
     )
-    # held-out checks over the view adaptation's budget: the best adapters so far are kept, a check without
-    # progress puts them back and halves the rates (0 = no checks: the last step's adapters)
+    # checks on selection views over the view adaptation's budget: a check clearly worse than the best so far
+    # (a collapse) puts the best adapters back and halves the rates (0 = no checks)
     adapt_checks: int = 10
 
 

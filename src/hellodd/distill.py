@@ -572,7 +572,7 @@ def _summary(cfg: Config, metrics: dict, count: int) -> str:
             f"{b['top1_agreement']:.1f}% -> {a['top1_agreement']:.1f}%, logit MSE {b['logit_mse']:.3f} -> {a['logit_mse']:.3f}"
         )
         if metrics["adapt"]["kept_step"] != d.adapt_steps:
-            line += f" (kept step {metrics['adapt']['kept_step']}, the best on the selection views)"
+            line += f" (kept step {metrics['adapt']['kept_step']}: the last steps regressed on the selection views)"
         if metrics["adapt"]["regressed"]:
             line += (
                 "\nwarning: the view adaptation ended BELOW where it started on held-out views; "
