@@ -1,5 +1,5 @@
 # The two commands of the README.  glibc malloc tuning must be in the environment before Python starts
-# (5x faster CNN inference, 1.6x faster training on CPU; see docs in README "Performance").
+# (faster CNN inference and training on a CPU; docs/performance.md, "Memory allocator").
 PYTHON ?= python3
 export MALLOC_MMAP_THRESHOLD_ = 4000000000
 export MALLOC_TRIM_THRESHOLD_ = 4000000000
@@ -18,6 +18,7 @@ table: setup
 
 test: setup
 	$(PYTHON) -m ruff check src tests benchmarks
+	lint-imports
 	$(PYTHON) -m pytest
 
 lint:

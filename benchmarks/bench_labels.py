@@ -31,11 +31,13 @@ def measure(
 ) -> dict:
     from hellodd import config as C
     from hellodd import engine
-    from hellodd.evaluate import build_label_sources, student_optimizer, student_step
     from hellodd.labels import student_stream
+    from hellodd.layout import distilled_dir
     from hellodd.models import build_model
-    from hellodd.report import peak_memory_mib
-    from hellodd.sets import distilled_dir, read_set
+    from hellodd.records import peak_memory_mib
+    from hellodd.sets import read_set
+    from hellodd.sources import build_label_sources
+    from hellodd.students import student_optimizer, student_step
 
     cfg = C.apply_overrides(
         C.preset(preset),
@@ -50,7 +52,7 @@ def measure(
     images, labels, manifest = read_set(distilled_dir(cfg))
     stream = student_stream(cfg.evaluate, images, 0)
     scratch = Path(tempfile.mkdtemp(prefix="hellodd-bench-"))  # stored labels for the timed iterations
-    built, cost = build_label_sources(cfg, fabric, images, stream, 0, len(manifest["classes"]), scratch)
+    built = build_label_sources(cfg, fabric, images, stream, 0, len(manifest["classes"]), stores_in=scratch)
     steps = {}
     for (
         s
@@ -70,7 +72,7 @@ def measure(
     return {
         s: {
             "seconds_per_iteration": statistics.median(t[5:]),
-            "storage_bytes": cost[s]["bytes"],
+            "storage_bytes": built[s].storage["bytes"],
             "peak_memory_mib": peak_memory_mib(fabric.device),
         }
         for s, t in times.items()

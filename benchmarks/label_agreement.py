@@ -21,9 +21,11 @@ import torch
 def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -> dict[str, dict]:
     from hellodd import config as C
     from hellodd.labels import Stream, render
+    from hellodd.layout import distilled_dir
     from hellodd.models import load_classifier
-    from hellodd.projector import load_projector, merged_for_inference, weak_teachers
-    from hellodd.sets import distilled_dir, projector_for, read_set
+    from hellodd.projector import load_projector, merged_for_inference
+    from hellodd.projector.transfer import weak_teachers
+    from hellodd.sets import projector_for, read_set
     from hellodd.teachers import load_pool
 
     cfg = C.apply_overrides(C.preset(preset), [f"out={out}"])
@@ -53,7 +55,7 @@ def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -
 
 
 def main(argv=None) -> None:
-    from hellodd.projector import agreement
+    from hellodd.projector.transfer import agreement
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="a finished run's output folder")

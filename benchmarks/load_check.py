@@ -35,8 +35,8 @@ def main() -> None:
     import hellodd
     from hellodd.config import DataConfig
     from hellodd.data import load_fashion_mnist
-    from hellodd.evaluate import lr_factor, student_optimizer
     from hellodd.models import build_model
+    from hellodd.students import lr_factor, student_optimizer
 
     ds = hellodd.load(args.export)
     tr = ds.manifest["training"]

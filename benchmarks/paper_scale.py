@@ -41,26 +41,15 @@ CLASSES = 1000
 
 
 def clip_projector(pcfg, classes: list[str]):
-    """hellodd's projector on CLIP RN50's image tower (seeded random weights, the attention pool patched as
-    :func:`hellodd.projector.build_base` does), with a seeded random head in place of the text-embedding
-    head: building that from a random text tower costs minutes on a CPU and changes no cost per label."""
-    from hellodd.projector.bases import (
-        CLIP_MEAN,
-        CLIP_STD,
-        Projector,
-        _load_clip,
-        _patch_attention_pools,
-        _resize_attnpool,
-    )
+    """hellodd's projector on CLIP RN50's image tower, built by :func:`hellodd.projector.build_base` as a run
+    builds it (seeded random weights), with a seeded random head in place of the text-embedding head:
+    building that from a random text tower costs minutes on a CPU and changes no cost per label."""
+    from hellodd.projector import build_base
 
-    model = _load_clip(pcfg.base[len("clip:") :], pcfg)
-    visual = model.visual
-    _patch_attention_pools(visual)
-    _resize_attnpool(visual, pcfg.image_size)
-    head = torch.nn.functional.normalize(torch.randn(len(classes), visual.output_dim), dim=-1)
-    info = {"base": pcfg.base, "pretrained": False, "head_init": "random (benchmark)"}
-    scale = float(model.logit_scale.detach().exp())
-    return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)
+    proj = build_base(pcfg, classes, text_head=False)
+    with torch.no_grad():
+        proj.head.weight.copy_(torch.nn.functional.normalize(torch.randn(proj.head.weight.shape), dim=-1))
+    return proj
 
 
 def _setting(device: str, precision: str, wanted: list[str]):
@@ -97,9 +86,9 @@ def _setting(device: str, precision: str, wanted: list[str]):
 
 
 def measure(device: str, precision: str, batch: int, iters: int, warmup: int, sources: list[str]) -> dict:
-    from hellodd.evaluate import student_optimizer, student_step
     from hellodd.labels import Stream
-    from hellodd.report import peak_memory_mib
+    from hellodd.records import peak_memory_mib
+    from hellodd.students import student_optimizer, student_step
 
     cfg, fabric, images, labels, built, build_model = _setting(device, precision, sources)
     stream = Stream(len(images), 224, batch, 0, min_scale=cfg.evaluate.crop_min_scale)

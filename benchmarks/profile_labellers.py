@@ -30,9 +30,10 @@ def run(out: str, preset: str, mode: str, iters: int, rows: int) -> None:
     from hellodd import config as C
     from hellodd import engine
     from hellodd.augment import to_float
+    from hellodd.layout import distilled_dir
     from hellodd.models import load_classifier
     from hellodd.projector import load_projector, merged_for_inference
-    from hellodd.sets import distilled_dir, projector_for, read_set
+    from hellodd.sets import projector_for, read_set
     from hellodd.teachers import load_pool
 
     cfg = C.apply_overrides(C.preset(preset), [f"out={out}"])

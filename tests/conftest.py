@@ -13,7 +13,12 @@ import pytest
 import torch
 
 os.environ.setdefault("HELLODD_NO_PROGRESS", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (one worker per core, ``-n auto``) each worker and the processes it starts use one
+# thread: tiny models gain nothing from a second one, and two workers' thread pools would fight for the cores
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if WORKER else min(2, torch.get_num_threads()))
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +65,27 @@ def folder_root(tmp_path) -> Path:
             for i in range(per):
                 Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
     return root
+
+
+# the kill steps of the kill-and-resume tests: drawn from this seed, printed in pytest's header and in every
+# assertion message that uses one, so a failure replays with HELLODD_KILL_SEED=<seed>
+KILL_SEED = int(os.environ.get("HELLODD_KILL_SEED", "20261130"))
+
+
+def pytest_report_header(config):
+    return f"hellodd kill-step seed: {KILL_SEED} (replay: HELLODD_KILL_SEED={KILL_SEED})"
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory) -> Path:
+    """Teachers, projector and distilled set of the synthetic preset, made once per test process.  Shared:
+    a test copies what it changes and never writes here (bad-input tests check that nothing is written)."""
+    from hellodd.cli import main
+
+    out = tmp_path_factory.mktemp("synthetic-run")
+    for stage in ("teachers", "projector", "distill"):
+        assert main([stage, "--preset", "synthetic", "--out", str(out)]) == 0
+    return out
 
 
 def free_port() -> int:

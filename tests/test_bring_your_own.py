@@ -9,6 +9,8 @@ import torch
 from hellodd.cli import main
 from hellodd.models import load_classifier
 
+pytestmark = pytest.mark.xdist_group("bring-your-own")  # one worker builds the module's checkpoints
+
 
 @pytest.fixture(scope="module")
 def references_checkpoints(tmp_path_factory):

@@ -17,11 +17,9 @@ def _digest(folder):
     }
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["teachers", "--preset", "synthetic", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def trained(synthetic_run):
+    return synthetic_run
 
 
 BAD = [
@@ -55,7 +53,6 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, tmp_path, capsys, trai
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("hellodd: error:") and err.count("\n") == 1 and fragment in err
-    assert "Traceback" not in err
     assert _digest(trained) == before
 
 
@@ -104,7 +101,7 @@ def test_resume_refuses_a_different_setup(tmp_path, capsys, trained):
         main(["teachers", "--preset", "synthetic", "--out", str(out), "--set", "teacher.arch=convnet-d2"])
         == 2
     )
-    assert "different teacher setup" in capsys.readouterr().err
+    assert "resume state is from a different setup" in capsys.readouterr().err
     assert _digest(out) == before
 
 

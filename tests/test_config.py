@@ -24,7 +24,7 @@ SUPPLEMENT = [
     ("1", "learning-rate step size", lambda c: c.teacher.lr_step, 30),
     ("1", "momentum", lambda c: c.teacher.momentum, 0.9),
     ("1", "batch size", lambda c: c.teacher.batch_size, 256),
-    ("1", "model pool size (weak teachers)", lambda c: len(C.weak_teacher_epochs(c)), 9),
+    ("1", "model pool size (weak teachers)", lambda c: len(c.projector.teacher_epochs), 9),
     ("1", "model pool size (projector.num_teachers)", lambda c: c.projector.num_teachers, 9),
     ("1", "training epochs", lambda c: c.teacher.epochs, 90),
     ("A.2", "teacher architecture", lambda c: c.teacher.arch, "resnet18"),
@@ -65,8 +65,8 @@ def _opt(which: str, cfg) -> str:
     import torch
 
     from hellodd.distill import update_optimizer
-    from hellodd.evaluate import student_optimizer
-    from hellodd.projector import adapter_optimizer
+    from hellodd.projector.transfer import adapter_optimizer
+    from hellodd.students import student_optimizer
     from hellodd.teachers import teacher_optimizer
 
     lin = torch.nn.Linear(2, 2)
@@ -90,7 +90,7 @@ def _transfer_loss(cfg) -> bool:
     import torch
     import torch.nn.functional as F
 
-    from hellodd.projector import transfer_loss
+    from hellodd.projector.transfer import transfer_loss
 
     class Fab:
         @staticmethod
@@ -130,14 +130,14 @@ def test_paper_presets_equal_the_supplement(name, table, item, get, want):
 )
 def test_weak_teacher_window_moves_with_dataset_and_ipc(name, ipc, window):
     cfg = C.apply_overrides(C.preset(name), [f"distill.ipc={ipc}"])
-    assert C.weak_teacher_epochs(cfg) == window
+    assert cfg.projector.teacher_epochs == window
     assert set(window) <= set(cfg.teacher.pool_epochs)  # the trajectory keeps every checkpoint it needs
-    assert C.weak_teacher_epochs(C.apply_overrides(cfg, ["projector.teacher_epochs=3,4"])) == [3.0, 4.0]
+    assert C.apply_overrides(cfg, ["projector.teacher_epochs=3,4"]).projector.teacher_epochs == [3.0, 4.0]
 
 
 def test_paper_windows_differ_by_dataset_and_ipc():
     windows = {
-        (n, ipc): tuple(C.weak_teacher_epochs(C.apply_overrides(C.preset(n), [f"distill.ipc={ipc}"])))
+        (n, ipc): tuple(C.apply_overrides(C.preset(n), [f"distill.ipc={ipc}"]).projector.teacher_epochs)
         for n in ("imagenet-100", "imagenet-1k")
         for ipc in (1, 10, 50)
     }

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hellodd.cli import main
-from hellodd.evaluate import lr_factor
+from hellodd.students import lr_factor
 
 
 def test_schedules():
@@ -13,23 +13,52 @@ def test_schedules():
     assert lr_factor("cosine", 10, 10) == pytest.approx(0.0)
 
 
-def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
-    assert main(["run", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """``hellodd run`` on the synthetic preset, once for this module: (run folder, what it printed)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", "--preset", "synthetic", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+SET, SUBSET = "ipc2-rded-update", "ipc2-random"
+RUN = pytest.mark.xdist_group("hellodd-run")  # under xdist, one worker builds the module's run
+
+
+@RUN
+def test_run_executes_every_stage_and_records_each(ran):
+    out, printed = ran
     for stage in ("teachers", "projector", "distill", "evaluate", "report.md"):
         assert stage in printed
-    ev = tmp_path / "evaluate" / "ipc2-rded-update"
-    rows = json.loads((ev / "results.json").read_text())
+    for stage in ("teachers", "projector/rule-ipc2"):  # one projector folder per weak-teacher window
+        assert (out / stage / "config.json").is_file() and (out / stage / "storage.json").is_file()
+    for name in (SET, SUBSET):
+        assert (out / "evaluate" / name / "config.json").is_file()
+    rows = json.loads((out / "evaluate" / SET / "results.json").read_text())
     six = {"hard", "teacher", "weak-teachers", "stored", "compressed", "projector"}
     assert {r["source"] for r in rows} == six and len(rows) == 12
-    assert all(0 <= r["top1"] <= 100 and r["seconds_per_iteration"] > 0 for r in rows)
-    metrics = json.loads((ev / "metrics.json").read_text())
-    storage = metrics["storage"]
+    val = json.loads((out / "teachers" / "metrics.json").read_text())["dataset"]["val"]
+    for r in rows:  # a final-epoch accuracy over the whole validation split: a whole number of images
+        assert r["seconds_per_iteration"] > 0 and r["top1"] * val / 100 == pytest.approx(
+            round(r["top1"] * val / 100)
+        )
+
+
+@RUN
+def test_run_counts_every_sources_bytes_from_its_files(ran):
+    out, _ = ran
+    ev = out / "evaluate" / SET
+    storage = json.loads((ev / "metrics.json").read_text())["storage"]
     assert storage["hard"]["bytes"] == 0
     # the projector that labels the set is the one distill adapted to its views (distill.adapt_steps > 0)
-    adapted = tmp_path / "distill" / "ipc2-rded-update" / "adapters.safetensors"
+    adapted = out / "distill" / SET / "adapters.safetensors"
     assert storage["projector"]["bytes"] == adapted.stat().st_size
-    assert "ipc2-rded-update/adapters.safetensors" in storage["projector"]["formula"]
+    assert f"{SET}/adapters.safetensors" in storage["projector"]["formula"]
     stored_files = list((ev / "stored-labels" / "seed0").rglob("epoch_*.safetensors"))
     assert storage["stored"]["bytes"] == sum(f.stat().st_size for f in stored_files)
     compressed = list((ev / "compressed-labels" / "seed0").rglob("epoch_*.safetensors"))
@@ -39,46 +68,57 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
         == sum(f.stat().st_size for f in compressed)
         < storage["stored"]["bytes"]
     )
-    pool = json.loads((tmp_path / "teachers" / "pool.json").read_text())
+    pool = json.loads((out / "teachers" / "pool.json").read_text())
     weak = [c for c in pool["checkpoints"] if c["epoch"] in (0.5, 1.0)]  # the rule's window of 2 on this pool
     assert storage["weak-teachers"]["bytes"] == sum(
-        (tmp_path / "teachers" / c["file"]).stat().st_size for c in weak
+        (out / "teachers" / c["file"]).stat().st_size for c in weak
     )
-    # the random real subset of the same IPC, with its own adapted projector, same protocol
-    rnd = tmp_path / "evaluate" / "ipc2-random"
+
+
+@RUN
+def test_run_reports_the_random_subset_beside_the_set(ran):
+    out, _ = ran
+    rnd = out / "evaluate" / SUBSET
     rrows = json.loads((rnd / "results.json").read_text())
     assert {r["source"] for r in rrows} == {"hard", "teacher", "projector"} and len(rrows) == 6
-    assert (
-        "ipc2-random/adapters.safetensors"
-        in json.loads((rnd / "metrics.json").read_text())["storage"]["projector"]["formula"]
-    )
-    # the report: improvement over random per source, whole-data reference, the frontier plot
-    report = (tmp_path / "report.md").read_text()
+    formula = json.loads((rnd / "metrics.json").read_text())["storage"]["projector"]["formula"]
+    assert f"{SUBSET}/adapters.safetensors" in formula  # the subset's own adapted projector
+    report = (out / "report.md").read_text()
     assert "vs random subset" in report and "Whole-data reference" in report
-    entries = json.loads((tmp_path / "report.json").read_text())["entries"]
+    entries = json.loads((out / "report.json").read_text())["entries"]
     by = {(e["set"], e["source"]): e for e in entries}
     for src in ("hard", "teacher", "projector"):
-        e, r = by[("ipc2-rded-update", src)], by[("ipc2-random", src)]
+        e, r = by[(SET, src)], by[(SUBSET, src)]
         assert e["vs_random"] == pytest.approx(e["mean"] - r["mean"])
-    assert "vs_random" not in by[("ipc2-rded-update", "stored")]  # not evaluated on the subset
-    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for stage in ("teachers", "projector/rule-ipc2"):  # one projector folder per weak-teacher window
-        assert (tmp_path / stage / "config.json").is_file() and (tmp_path / stage / "storage.json").is_file()
-    assert (ev / "config.json").is_file() and (rnd / "config.json").is_file()
+    assert "vs_random" not in by[(SET, "stored")]  # not evaluated on the subset
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # finding 1 of issue 12: the subset's evaluation finds the set's stored labels in its folder (as when
-    # every set shared one folder); they are rewritten for the subset's images, never replayed on them
+
+@RUN
+def test_stored_labels_of_another_set_are_rewritten_never_replayed(ran, tmp_path, capsys):
+    """The subset's evaluation finds the set's stored labels in its folder: they are rewritten for the
+    subset's images, never replayed on them, and the set's results stay as they were."""
     import shutil
 
+    out = tmp_path / "run"
+    shutil.copytree(ran[0], out)
+    ev, rnd = out / "evaluate" / SET, out / "evaluate" / SUBSET
+    before = json.loads((ev / "metrics.json").read_text())["rows"]
     shutil.copytree(ev / "stored-labels", rnd / "stored-labels")
     args = ["--set", "distill.init=random", "--set", "distill.update=false", "--set", "evaluate.seeds=[0]"]
     sources = ["--set", "evaluate.label_sources=[stored]"]
-    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *args, *sources]) == 0
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(out), *args, *sources]) == 0
     assert "stored-label file(s) were made from other inputs; rewritten" in capsys.readouterr().out
-    assert (
-        json.loads((ev / "metrics.json").read_text())["rows"] == metrics["rows"]
-    )  # the set's results untouched
+    assert json.loads((ev / "metrics.json").read_text())["rows"] == before
 
+
+@RUN
+def test_the_view_adaptation_ablation_storage_and_report_commands(ran, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(ran[0], out)
+    ev = out / "evaluate" / SET
     # the ablation of the view adaptation: stage 3's adapters, on the same stream
     sources = [
         "--set",
@@ -86,28 +126,36 @@ def test_hellodd_run_executes_every_stage_and_reports(tmp_path, capsys):
         "--set",
         "evaluate.seeds=[0]",
     ]
-    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *sources]) == 0
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(out), *sources]) == 0
     storage = json.loads((ev / "metrics.json").read_text())["storage"]
-    assert "ipc2-rded-update/adapters.safetensors" in storage["projector"]["formula"]
+    assert f"{SET}/adapters.safetensors" in storage["projector"]["formula"]
     assert "rule-ipc2/adapters.safetensors" in storage["projector-transfer"]["formula"]
     capsys.readouterr()
-    assert main(["storage", "--preset", "synthetic", "--out", str(tmp_path)]) == 0
-    report = capsys.readouterr().out
-    assert "HeLlO projector adapters" in report and "adapted to ipc2-rded-update" in report
-    capsys.readouterr()
-    assert main(["report", str(tmp_path), "--to", str(tmp_path / "again")]) == 0
-    assert (
-        "| ipc2-rded-update | projector-transfer |" in capsys.readouterr().out
-        and (tmp_path / "again" / "frontier.png").is_file()
-    )
-    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert main(["storage", "--preset", "synthetic", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "HeLlO projector adapters" in table and f"adapted to {SET}" in table
+    assert main(["report", str(out), "--to", str(out / "again")]) == 0
+    assert f"| {SET} | projector-transfer |" in capsys.readouterr().out
+    assert (out / "again" / "frontier.png").is_file()
+    assert main(["report", str(out / "nothing")]) == 2
 
-    # the demo's evaluation: torch.compile-d student and labeller under bf16 autocast
+
+@RUN
+def test_compiled_bf16_evaluation(ran, tmp_path):
+    """The demo's evaluation: torch.compile-d student and labeller under bf16 autocast."""
+    import math
+    import shutil
+
+    out = tmp_path / "run"
+    for stage in ("teachers", "projector", "distill"):
+        shutil.copytree(ran[0] / stage, out / stage)
     fast = ["--precision", "bf16-mixed", "--set", "evaluate.compile=true", "--set", "evaluate.seeds=[0]"]
     one = ["--set", "evaluate.label_sources=[teacher]"]
-    assert main(["evaluate", "--preset", "synthetic", "--out", str(tmp_path), *fast, *one]) == 0
-    rows = json.loads((ev / "results.json").read_text())
-    assert [r["source"] for r in rows] == ["teacher"] and 0 <= rows[0]["top1"] <= 100
+    assert main(["evaluate", "--preset", "synthetic", "--out", str(out), *fast, *one]) == 0
+    (row,) = json.loads((out / "evaluate" / SET / "results.json").read_text())
+    val = json.loads((out / "teachers" / "metrics.json").read_text())["dataset"]["val"]
+    assert row["source"] == "teacher" and row["iterations"] == 3 * 2 and math.isfinite(row["final_loss"])
+    assert row["top1"] * val / 100 == pytest.approx(round(row["top1"] * val / 100))
 
 
 def test_run_over_several_ipcs_with_refined_sources(tmp_path, capsys):
@@ -150,7 +198,7 @@ def test_gift_loss_is_the_cosine_to_the_refined_target():
     import torch
     import torch.nn.functional as F
 
-    from hellodd.evaluate import gift_loss
+    from hellodd.losses import gift_loss
 
     torch.manual_seed(0)
     z, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])

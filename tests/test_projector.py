@@ -9,7 +9,6 @@ from hellodd.errors import UserError
 from hellodd.projector import (
     adapter_tensors,
     add_adapters,
-    agreement,
     build_base,
     load_projector,
     lora_targets,
@@ -18,6 +17,7 @@ from hellodd.projector import (
     save_adapters,
 )
 from hellodd.projector.bases import _register_model_configs
+from hellodd.projector.transfer import agreement
 
 TINY = "clip:hellodd-RN-tiny"
 CLASSES = ["cat", "dog", "truck"]
@@ -192,7 +192,7 @@ def test_attention_pool_resized_for_other_input_sizes():
 
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_transfer_batch_cutmix_relabels_mixed_images(prob):
-    from hellodd.projector import transfer_batch
+    from hellodd.projector.transfer import transfer_batch
 
     x = (torch.arange(6).view(6, 1, 1, 1) * 40).expand(6, 1, 16, 16).to(torch.uint8)  # image i is all 40*i
     y = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -243,7 +243,7 @@ def test_adapters_refuse_a_base_checkpoint_with_another_hash(tmp_path):
 
 def test_teacher_logits_from_models_or_one_averaging_module():
     from hellodd.labels import MeanLogits
-    from hellodd.projector import teacher_logits
+    from hellodd.projector.transfer import teacher_logits
 
     torch.manual_seed(0)
     models = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]

@@ -20,25 +20,21 @@ import time
 import pytest
 import torch
 
-from conftest import PYTHON, cli_env
+from conftest import KILL_SEED, PYTHON, cli_env
 from hellodd.cli import main
 from hellodd.errors import UserError
 from hellodd.io import load_state, load_tensors, read_json
 
-RNG = random.Random()  # kill steps are drawn at random (the assertion messages carry them)
+RNG = random.Random(KILL_SEED)  # kill steps: seeded (conftest), each assertion message carries seed and step
 
 
 def _cmd(stage, out, *extra):
     return [PYTHON, "-m", "hellodd", stage, "--preset", "synthetic", "--out", str(out), *extra]
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Teachers, projector and the distilled set of the synthetic preset, once."""
-    out = tmp_path_factory.mktemp("reliability")
-    for stage in ("teachers", "projector", "distill"):
-        assert main([stage, "--preset", "synthetic", "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def base(synthetic_run):
+    return synthetic_run
 
 
 def _copy(base, to, stages):
@@ -48,7 +44,7 @@ def _copy(base, to, stages):
 
 def _killed_then_resumed(cmd, at):
     killed = subprocess.run(cmd, env=cli_env(HELLODD_DIE_AT_STEP=at), timeout=300)
-    assert killed.returncode == -9
+    assert killed.returncode == -9, (KILL_SEED, at)
     return subprocess.run(cmd, env=cli_env(), timeout=300, capture_output=True, text=True)
 
 
@@ -64,8 +60,9 @@ def test_killed_projector_transfer_resumes_to_the_same_adapters(base, tmp_path):
     more = ["--set", "projector.epochs=3"]  # 18 steps, checkpoints every 6
     at = RNG.randint(7, 17)
     resumed = _killed_then_resumed(_cmd("projector", outs[0], *more), at)
-    assert resumed.returncode == 0 and f"resuming at step {6 * ((at - 1) // 6)}/18" in resumed.stdout, at
-    assert subprocess.run(_cmd("projector", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+    said = f"resuming at step {6 * ((at - 1) // 6)}/18"
+    assert resumed.returncode == 0 and said in resumed.stdout, (KILL_SEED, at)
+    assert main(_cmd("projector", outs[1], *more)[3:]) == 0  # the uninterrupted reference, in this process
     assert _same_tensors(*(o / "projector" / "rule-ipc2" / "adapters.safetensors" for o in outs))
 
 
@@ -77,10 +74,11 @@ def test_killed_selection_resumes_to_the_same_initial_images(base, tmp_path):
     killed_dir = outs[0] / "distill" / "ipc2-rded"
     at = RNG.randint(1, 3)  # of 4 classes
     killed = subprocess.run(_cmd("distill", outs[0], *more), env=cli_env(HELLODD_DIE_AT_STEP=at), timeout=300)
-    assert killed.returncode == -9 and len(list((killed_dir / "init-classes").iterdir())) == at, at
-    assert subprocess.run(_cmd("distill", outs[0], *more), env=cli_env(), timeout=300).returncode == 0
+    assert killed.returncode == -9, (KILL_SEED, at)
+    assert len(list((killed_dir / "init-classes").iterdir())) == at, (KILL_SEED, at)
+    assert main(_cmd("distill", outs[0], *more)[3:]) == 0  # resumed, in this process
     assert not (killed_dir / "init-classes").exists()  # folded into init.safetensors
-    assert subprocess.run(_cmd("distill", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+    assert main(_cmd("distill", outs[1], *more)[3:]) == 0
     assert _same_tensors(*(o / "distill" / "ipc2-rded" / "init.safetensors" for o in outs))
 
 
@@ -99,10 +97,10 @@ def test_killed_evaluation_resumes_to_the_same_result(base, tmp_path, source, fi
     more = ["--set", f"evaluate.label_sources=[{source}]", "--set", "evaluate.seeds=[0]"]
     more += ["--set", "evaluate.epochs=6"]
     resumed = _killed_then_resumed(_cmd("evaluate", outs[0], *more), at)
-    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    assert resumed.returncode == 0, (KILL_SEED, at, resumed.stderr[-1500:])
     if source == "teacher":  # the step-`at` kill comes before that epoch's checkpoint
-        assert f"resuming at epoch {(at - 1) // 2}/6" in resumed.stdout, at
-    assert subprocess.run(_cmd("evaluate", outs[1], *more), env=cli_env(), timeout=300).returncode == 0
+        assert f"resuming at epoch {(at - 1) // 2}/6" in resumed.stdout, (KILL_SEED, at)
+    assert main(_cmd("evaluate", outs[1], *more)[3:]) == 0
     rows = [json.loads((o / "evaluate" / "ipc2-rded-update" / "results.json").read_text()) for o in outs]
     assert [(r["top1"], r["final_loss"]) for r in rows[0]] == [(r["top1"], r["final_loss"]) for r in rows[1]]
     if source == "stored":
@@ -147,7 +145,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_one_line(base, tmp_path):
         _cmd("teachers", cut), env=cli_env(), timeout=300, capture_output=True, text=True
     )
     assert resumed.returncode == 0 and "resuming at step 5/12" in resumed.stdout
-    assert subprocess.run(_cmd("teachers", ref), env=cli_env(), timeout=300).returncode == 0
+    assert main(_cmd("teachers", ref)[3:]) == 0
     assert _same_tensors(ref / "teachers" / "final.safetensors", cut / "teachers" / "final.safetensors")
 
 
@@ -181,7 +179,8 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, capsys):
 
 
 def test_a_lock_from_a_reused_pid_is_stale(tmp_path):
-    from hellodd.lock import LOCK_FILE, FolderLock
+    from hellodd.layout import LOCK_FILE
+    from hellodd.lock import FolderLock
 
     # a live process that started after the lock was taken holds a reused pid: the holder is gone
     holder = {"host": socket.gethostname(), "pid": os.getppid(), "command": "run", "since_epoch": 1.0}

@@ -25,7 +25,7 @@ from hellodd.errors import UserError
 
 STAGES = {  # command -> (module, function): each stage is a plain function of (config, fabric)
     "teachers": ("teachers", "train_teachers"),
-    "projector": ("projector", "run_projector"),
+    "projector": ("projector.transfer", "run_projector"),
     "distill": ("distill", "run_distill"),
     "evaluate": ("evaluate", "run_evaluate"),
 }
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from hellodd import __version__
+    from hellodd.version import __version__
 
     p.add_argument("--version", action="version", version=f"hellodd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -198,7 +198,7 @@ def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     if command == "storage":
         from hellodd import storage
 
-        print(storage.report(cfg, paper=args.paper))
+        print(storage.storage_table(cfg, paper=args.paper))
         return
     fabric = engine.make_fabric(cfg.engine)
     if command == "run":

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hellodd.classnames import readable_names
 from hellodd.config import DataConfig
 from hellodd.errors import UserError
+from hellodd.layout import class_folder
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -212,8 +214,6 @@ def load_imagefolder(cfg: DataConfig) -> DataBundle:
             raise UserError(f"--data {d}: not a valid ImageFolder tree ({str(e).splitlines()[0]})") from None
     if folders["train"].classes != folders["val"].classes:
         raise UserError(f"--data {root}: train/ and val/ have different class folders")
-    from hellodd.classnames import readable_names
-
     classes = readable_names(folders["train"].classes)
     return DataBundle(
         FolderImages(folders["train"], None, cfg.image_size),
@@ -282,9 +282,6 @@ def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor
     data's resolution and converted to its channels.  Returns uint8 images ``[N, C, S, S]`` and labels.
     """
     from PIL import Image, UnidentifiedImageError
-
-    from hellodd.classnames import readable_names
-    from hellodd.sets import class_folder
 
     root = Path(root)
     if not root.is_dir():

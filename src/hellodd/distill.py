@@ -1,6 +1,6 @@
 """Stage 4: distilled images -- RDED initialisation, then the projector-aware image update (supplement A.5).
 
-RDED initialisation (Sun et al., CVPR 2024; SPEC B.2), per class c, deterministic for the seed:
+RDED initialisation (Sun et al., CVPR 2024; docs/method.md), per class c, deterministic for the seed:
 
 1. draw ``candidates_per_class`` real training images of class c;
 2. from each, ``crops_per_image`` square random-resized crops (area 8-100%, aspect 1), resampled to
@@ -13,7 +13,7 @@ RDED initialisation (Sun et al., CVPR 2024; SPEC B.2), per class c, deterministi
 ``factor`` is 2 for 224-px data (four 112-px patches per image, RDED's setting) and 1 for tiny images: a
 14-px quarter of a 28-px Fashion-MNIST image no longer shows a garment, so the demo preset uses 1.
 
-Image update (LIC adapted to HeLlO; SPEC B.5).  For image j with patches k, let ``p_jk`` be the patch
+Image update (LIC adapted to HeLlO; docs/method.md).  For image j with patches k, let ``p_jk`` be the patch
 cut from its source image at full resolution S (the same box), ``q_jk`` the slot of the stored image
 ``s_j`` (the optimisation variable) and ``Up`` bilinear up-sampling of a slot to S px.  With the
 projector's LoRA-adapted encoder ``E`` (D-dim), the projector ``g`` and the observer ``phi``, both frozen:
@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -58,18 +59,31 @@ import torch.nn.functional as F
 from hellodd import engine, sets
 from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_uint8
 from hellodd.config import Config
-from hellodd.data import class_indices, load_data
+from hellodd.data import class_indices, load_data, load_image_set
 from hellodd.errors import UserError
 from hellodd.io import (
     digest,
-    load_state,
     load_tensors,
-    save_state,
     save_tensors,
     sha256,
 )
-from hellodd.report import write_config, write_results
-from hellodd.sets import adapted_projector_path, distilled_dir, variant
+from hellodd.layout import (
+    INIT_CLASSES_FOLDER,
+    INIT_FILE,
+    STATE_FILE,
+    adapted_projector_path,
+    cache_dir,
+    distilled_dir,
+    projector_path,
+    variant,
+)
+from hellodd.models import load_classifier
+from hellodd.projector.adapters import load_projector
+from hellodd.projector.transfer import agreement, weak_teachers
+from hellodd.projector.views import adapt_to_views
+from hellodd.records import write_config, write_results
+from hellodd.resume import ResumePoint
+from hellodd.teachers import load_pool
 
 # --------------------------------------------------------------------------------------------------
 # selection
@@ -150,8 +164,6 @@ def unstitch(images: torch.Tensor, factor: int) -> torch.Tensor:
 
 
 def agreement_on(observer, projector, images: torch.Tensor, batch: int = 250) -> dict:
-    from hellodd.projector import agreement
-
     with torch.inference_mode():
         dev = next(observer.parameters()).device
         a = torch.cat(
@@ -229,27 +241,25 @@ def image_update(
     opt = update_optimizer(s, cfg)
     total = update_iterations(cfg, j)
     it, history = 0, []
-    if state_path.exists():
-        st = load_state(state_path)
-        if st.get("key") == key and st["images"].shape == images.shape:
-            with torch.no_grad():
-                s.copy_(st["images"][lo:hi].to(dev))
-            moments = st["optimizer"]
-            opt.load_state_dict(
-                {
-                    "state": {
-                        0: {
-                            "step": moments["step"],
-                            "exp_avg": moments["exp_avg"][lo:hi],
-                            "exp_avg_sq": moments["exp_avg_sq"][lo:hi],
-                        }
-                    },
-                    "param_groups": opt.state_dict()["param_groups"],
-                }
-            )
-            it, history = st["iter"], st["history"]
-        elif rank == 0:
-            print(f"hellodd: {state_path} was made from other inputs; the image update starts afresh")
+    point = ResumePoint(state_path, key, "image update", total, fabric)
+    st = point.load()
+    if st is not None and st["images"].shape == images.shape:
+        with torch.no_grad():
+            s.copy_(st["images"][lo:hi].to(dev))
+        moments = st["optimizer"]
+        opt.load_state_dict(
+            {
+                "state": {
+                    0: {
+                        "step": moments["step"],
+                        "exp_avg": moments["exp_avg"][lo:hi],
+                        "exp_avg_sq": moments["exp_avg_sq"][lo:hi],
+                    }
+                },
+                "param_groups": opt.state_dict()["param_groups"],
+            }
+        )
+        it, history = st["iter"], st["history"]
     with torch.no_grad():
         mine_full = full_patches.view(j, k, *full_patches.shape[1:])[lo:hi].flatten(0, 1)
         full_feats = (
@@ -295,8 +305,7 @@ def image_update(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{partial[it - 1, 0].item():.4f}", refresh=False)
-        engine.test_signal(it)
-        stop = engine.stop_requested(fabric)
+        stop = point.poll(it)
         if it % 20 == 0 or it == total or stop:
             history += _whole_batch_history(fabric, partial, logged, it)
             logged = it
@@ -305,12 +314,8 @@ def image_update(
                 "optimizer": _gathered_moments(fabric, opt, s, j),
                 "iter": it,
                 "history": history,
-                "key": key,
             }
-            if rank == 0:
-                save_state(state_path, state)
-            if stop:
-                raise engine.Preempted("image update", it, total, state_path)
+            point.save(it, state, stop)
             final = state["images"] if it == total else None
     return (final if final is not None else _gathered(fabric, s.detach(), j)), history
 
@@ -347,8 +352,6 @@ UPDATE_FIELDS = ("update_epochs", "update_lr", "update_batch_size", "agreement_w
 
 def init_inputs(cfg: Config, observer_path: str | None) -> dict:
     """What the initial images depend on: the data, the seed, the selection settings and the observer."""
-    from dataclasses import asdict
-
     return {
         "data": {k: v for k, v in asdict(cfg.data).items() if k != "workers"},
         "seed": cfg.engine.seed,
@@ -360,8 +363,6 @@ def init_inputs(cfg: Config, observer_path: str | None) -> dict:
 
 def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
     """``distill.init=folder``: someone else's distilled images (an ImageFolder), IPC per class exactly."""
-    from hellodd.data import load_image_set
-
     d = cfg.distill
     images, labels = load_image_set(d.images, bundle)
     counts = torch.bincount(labels, minlength=bundle.num_classes)
@@ -378,9 +379,6 @@ def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
 
 def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:
     """Stage 3's adapters, trained further on this set's student views (``distill.adapt_steps``)."""
-    from hellodd.projector import adapt_to_views, projector_path, weak_teachers
-    from hellodd.teachers import load_pool
-
     pool = load_pool(cfg)
     pool["classes"] = bundle.classes
     bar = engine.progress(
@@ -461,9 +459,6 @@ def select(cfg: Config, fabric, bundle, observer, folder: Path | None = None, ke
 def run_distill(cfg: Config, fabric) -> dict:
     """Every rank runs every step on its share (classes for the selection, images for the update, batch
     rows for the view adaptation) and holds the gathered result; rank 0 writes."""
-    from hellodd.models import load_classifier
-    from hellodd.teachers import load_pool
-
     d = cfg.distill
     out = distilled_dir(cfg)
     bundle = load_data(cfg.data, cfg.engine.seed)
@@ -477,7 +472,7 @@ def run_distill(cfg: Config, fabric) -> dict:
     observer_path = load_pool(cfg)["final_path"] if d.init == "rded" else None
     observer = engine.frozen(fabric, load_classifier(observer_path)[0]) if observer_path else None
     init_key = digest(init_inputs(cfg, observer_path))
-    init_path = out / "init.safetensors"
+    init_path = out / INIT_FILE
     cached = load_tensors(init_path) if init_path.exists() and d.init != "folder" else None
     fabric.barrier()  # every rank has read the cache before rank 0 may replace it
     if d.init == "folder":
@@ -489,7 +484,7 @@ def run_distill(cfg: Config, fabric) -> dict:
     else:
         if cached:
             fabric.print(f"hellodd: {init_path} was made from other inputs; selecting afresh")
-        per_class = out / "init-classes"  # finished classes, kept until the whole selection is written
+        per_class = out / INIT_CLASSES_FOLDER  # finished classes, kept until the whole selection is written
         images, labels, full = select(cfg, fabric, bundle, observer, per_class, init_key)
         if fabric.is_global_zero:
             save_tensors(
@@ -501,11 +496,7 @@ def run_distill(cfg: Config, fabric) -> dict:
         write_config(out, cfg, "distill")
     metrics["init_seconds"] = time.perf_counter() - t0
     if d.update and d.init == "rded":
-        from hellodd.projector import load_projector, projector_path
-
-        projector = engine.frozen(
-            fabric, load_projector(projector_path(cfg), fabric.device, Path(cfg.out) / "cache")
-        )
+        projector = engine.frozen(fabric, load_projector(projector_path(cfg), fabric.device, cache_dir(cfg)))
         metrics["agreement_before"] = agreement_on(observer, projector, images)
         total = update_iterations(cfg, len(images))
         bar = engine.progress(fabric, total=total, desc="image update", unit="it")
@@ -519,7 +510,7 @@ def run_distill(cfg: Config, fabric) -> dict:
             }
         )
         images, history = image_update(
-            images, full, projector, observer, cfg, out / "state.pt", bar, update_key, fabric
+            images, full, projector, observer, cfg, out / STATE_FILE, bar, update_key, fabric
         )
         metrics["update_iterations"] = total
         bar.close()

@@ -186,8 +186,8 @@ class FrozenCompiled(nn.Module):
 
 
 def compile_frozen(model: nn.Module) -> nn.Module:
-    """``torch.compile`` for a labeller: see :class:`FrozenCompiled` (the demo's merged projector labels a
-    batch 1.5x faster than compiled without freezing, its teacher 1.1x; README, Performance)."""
+    """``torch.compile`` for a labeller: see :class:`FrozenCompiled` (freezing is what makes compiled labelling
+    pay off for the demo's projector; docs/performance.md)."""
     return FrozenCompiled(model)
 
 

@@ -25,21 +25,33 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from hellodd import __version__
 from hellodd.config import Config
 from hellodd.errors import UserError
 from hellodd.io import atomic_path, file_metadata, read_json, tensor_sha256, write_bytes, write_json
-from hellodd.sets import (
+from hellodd.layout import (
     ADAPTER_FILE,
-    EXPORT_FORMAT,
-    EXPORT_VERSION,
     IMAGES_FILE,
     MANIFEST_FILE,
+    METRICS_FILE,
+    PNG_FOLDER,
+    cache_dir,
+    distilled_dir,
+    evaluate_dir,
+    export_dir,
+)
+from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
+from hellodd.projector.bases import CLIP_MEAN, CLIP_STD, head_file, weights_id
+from hellodd.sets import (
+    EXPORT_FORMAT,
+    EXPORT_VERSION,
     file_record,
+    projector_for,
     read_set,
     sealed,
     write_png_tree,
 )
+from hellodd.tables import aggregate
+from hellodd.version import __version__
 
 ROLES = {
     IMAGES_FILE: "the distilled images (uint8 [N, C, H, W]) and their class labels",
@@ -49,7 +61,6 @@ ROLES = {
 
 def head_file_of(adapter_meta: dict) -> str:
     """The cache file name of the adapters' base head (recorded; recomputed for files from before it was)."""
-    from hellodd.projector.bases import head_file, weights_id
 
     p, info = adapter_meta["projector"], adapter_meta["base_info"]
     if info.get("head_file"):
@@ -58,26 +69,16 @@ def head_file_of(adapter_meta: dict) -> str:
     return head_file(p["base"], wid, adapter_meta["classes"])
 
 
-def export_dir(cfg: Config) -> Path:
-    from hellodd.sets import distilled_dir
-
-    return Path(cfg.out) / "export" / f"{cfg.preset}-{distilled_dir(cfg).name}"
-
-
 def measured_results(cfg: Config, images) -> dict | None:
     """The set's evaluation (per label source: mean ± std top-1, label bytes), if it was made on these images."""
-    from hellodd.evaluate import evaluate_dir
-
-    path = evaluate_dir(cfg) / "metrics.json"
+    path = evaluate_dir(cfg) / METRICS_FILE
     if not path.is_file():
         return None
     m = read_json(path)
     if m.get("images_sha256") != tensor_sha256(images):
         return None  # evaluated before the set was distilled again: not this set's numbers
-    from hellodd.frontier import per_source
-
     out: dict = {"epochs": m.get("epochs"), "per_source": {}}
-    for e in per_source(m):
+    for e in aggregate(m["rows"], m["storage"]):
         out["per_source"].setdefault(e["source"], {})[e["student"]] = {
             "top1_mean": e["mean"],
             "top1_std": e["std"],
@@ -88,9 +89,6 @@ def measured_results(cfg: Config, images) -> dict | None:
 
 
 def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, parts: dict, results) -> dict:
-    from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
-    from hellodd.projector.bases import CLIP_MEAN, CLIP_STD
-
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
     clip = p["base"].startswith("clip:")
     total = sum(v["bytes"] for v in parts.values())
@@ -218,8 +216,6 @@ def card(m: dict) -> str:
 
 def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool = False) -> dict:
     """Write the export folder (and ``.tar``) of the configured distilled set; returns its manifest."""
-    from hellodd.sets import distilled_dir, projector_for
-
     d = distilled_dir(cfg)
     if not d.is_dir():
         raise UserError(
@@ -238,13 +234,13 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
     shutil.copyfile(adapters, tmp / ADAPTER_FILE)
     roles = dict(ROLES)
     head = head_file_of(adapter_meta)
-    if head and (Path(cfg.out) / "cache" / head).is_file():
-        shutil.copyfile(Path(cfg.out) / "cache" / head, tmp / "base" / head)
+    if head and (cache_dir(cfg) / head).is_file():
+        shutil.copyfile(cache_dir(cfg) / head, tmp / "base" / head)
         roles[f"base/{head}"] = "the base head's initialisation (recomputable from the public base and names)"
     if png:
-        write_png_tree(images, labels, set_meta["classes"], tmp / "png")
+        write_png_tree(images, labels, set_meta["classes"], tmp / PNG_FOLDER)
         roles.update(
-            {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / "png").rglob("*.png"))}
+            {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))}
         )
     parts = {rel: {**file_record(tmp / rel), "role": role} for rel, role in roles.items()}
     manifest = build_manifest(cfg, dest.name, set_meta, adapter_meta, parts, measured_results(cfg, images))

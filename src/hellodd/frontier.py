@@ -25,15 +25,16 @@ from __future__ import annotations
 import io
 import json
 import math
-import statistics
 from pathlib import Path
 
 from hellodd.errors import UserError
 from hellodd.io import read_json, write_bytes
+from hellodd.layout import REPORT_JSON, REPORT_MD, evaluations_in, frontier_plot, teacher_metrics_in
+from hellodd.tables import aggregate
 
 
 def _sets(run: Path) -> list[dict]:
-    found = sorted((run / "evaluate").glob("*/metrics.json"))
+    found = evaluations_in(run)
     if not found:
         raise UserError(
             f"{run}: no evaluate/<set>/metrics.json; run 'hellodd evaluate' (or 'hellodd run') first"
@@ -44,31 +45,15 @@ def _sets(run: Path) -> list[dict]:
 def per_source(m: dict) -> list[dict]:
     """An evaluation's rows (``evaluate/<set>/metrics.json``) per (source, student): final-epoch top-1 mean,
     std and n over seeds, label bytes, median seconds per iteration."""
-    groups: dict[tuple, list] = {}
-    for r in m["rows"]:
-        groups.setdefault((r["source"], r["student"]), []).append(r)
-    out = []
-    for (source, student), rs in groups.items():
-        top1 = [r["top1"] for r in rs]
-        out.append(
-            {
-                "source": source,
-                "student": student,
-                "mean": statistics.mean(top1),
-                "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
-                "n": len(top1),
-                "bytes": m["storage"][source]["bytes"],
-                "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
-            }
-        )
-    return out
+    keep = ("source", "student", "mean", "std", "n", "bytes", "s_per_iter")
+    return [{k: a[k] for k in keep} for a in aggregate(m["rows"], m["storage"])]
 
 
 def collect(runs: list[Path]) -> tuple[list[dict], dict]:
     """One entry per (run, set, source, student) with mean / std / n / bytes, and whole-data references."""
     entries, whole = [], {}
     for run in runs:
-        teachers = run / "teachers" / "metrics.json"
+        teachers = teacher_metrics_in(run)
         if teachers.is_file():
             t = read_json(teachers)
             whole[run.name] = {"arch": t.get("arch"), "top1": t.get("final_val_top1")}
@@ -285,7 +270,7 @@ def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> d
     sections, plots = [], []
     for ipc in found:
         mine = [e for e in entries if e["ipc"] == ipc]
-        name = "frontier.png" if len(found) == 1 else f"frontier-ipc{ipc}.png"
+        name = frontier_plot(None if len(found) == 1 else ipc)
         plot(mine, whole, to / name)
         plots.append(to / name)
         said = verdict(mine)
@@ -298,10 +283,10 @@ def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> d
     md = "\n".join(sections)
     if len(found) > 1:
         md = "## Label sources by IPC\n\n" + ipc_table(entries) + "\n\n" + md
-    write_bytes(to / "report.md", ("# hellodd report\n\n" + md).encode())
-    write_bytes(to / "report.json", json.dumps({"entries": entries, "whole_data": whole}, indent=2).encode())
+    write_bytes(to / REPORT_MD, ("# hellodd report\n\n" + md).encode())
+    write_bytes(to / REPORT_JSON, json.dumps({"entries": entries, "whole_data": whole}, indent=2).encode())
     return {
         "table": md,
         "entries": entries,
-        "summary": f"report: {(to / 'report.md').resolve()} and {', '.join(str(p.resolve()) for p in plots)}",
+        "summary": f"report: {(to / REPORT_MD).resolve()} and {', '.join(str(p.resolve()) for p in plots)}",
     }

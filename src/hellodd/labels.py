@@ -28,8 +28,9 @@ X+gift     source X's logits, refined at zero bytes (GIFT): mixed with smoothed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -98,24 +99,48 @@ def render(
     return x
 
 
-class HardLabels:
-    name = "hard"
-    kind = "probs"
+class LabelSource(Protocol):
+    """What a student trains against.  ``kind`` says how it learns the targets (``probs``: soft-target
+    cross-entropy; ``logits``: the evaluation's logit loss; a refinement such as ``gift``); ``identity``
+    names what the targets depend on (hashes of the files behind them: part of a run's key); ``storage``
+    is what a user must keep to have these labels (``bytes`` and the ``formula`` behind them, from
+    :mod:`hellodd.storage`).  A source with ``own_views`` supplies the batches' views itself
+    (``batch_params``, as stored labels replay the views they were written for)."""
 
-    def __init__(self, num_classes: int):
-        self.num_classes = num_classes
+    name: str
+    kind: str
+    identity: dict
+    storage: dict
+    own_views: bool
+
+    def targets(self, x, y, mix, epoch: int, step: int) -> torch.Tensor: ...
+
+
+@dataclass
+class HardLabels:
+    """The CutMix-mixed one-hot labels."""
+
+    num_classes: int
+    storage: dict = field(default_factory=dict)
+    name: str = "hard"
+    kind: str = "probs"
+    identity: dict = field(default_factory=dict)
+    own_views: bool = False
 
     def targets(self, x, y, mix, epoch, step):
         return mixed_one_hot(y, self.num_classes, mix)
 
 
+@dataclass
 class ModelLabels:
-    """Online logits from a frozen model (a teacher checkpoint, or the merged projector)."""
+    """Online logits from a frozen model (a teacher checkpoint, the weak teachers' mean, the merged projector)."""
 
-    kind = "logits"
-
-    def __init__(self, name: str, model: torch.nn.Module):
-        self.name, self.model = name, model
+    name: str
+    model: torch.nn.Module
+    identity: dict = field(default_factory=dict)
+    storage: dict = field(default_factory=dict)
+    kind: str = "logits"
+    own_views: bool = False
 
     def targets(self, x, y, mix, epoch, step):
         with torch.inference_mode():
@@ -128,14 +153,16 @@ class Refined:
 
     ``gift`` (GIFT, ICLR 2025): the target is ``normalize(z) + 0.1 * normalize(smooth(y))``, the source's
     logits ``z`` and the hard label smoothed by 0.1, learnt with a cosine-similarity loss
-    (:func:`hellodd.evaluate.gift_loss`).  Stored sources keep replaying their own views."""
+    (:func:`hellodd.losses.gift_loss`).  Stored sources keep replaying their own views."""
 
-    def __init__(self, base, refinement: str):
+    def __init__(self, base: LabelSource, refinement: str):
         self.base, self.kind = base, refinement
         self.name = f"{base.name}+{refinement}"
-        self.identity = {**getattr(base, "identity", {}), "refinement": refinement}
-        if hasattr(base, "batch_params"):  # stored labels: the views they were written for
-            self.batch_params = base.batch_params
+        self.identity = {**base.identity, "refinement": refinement}
+        self.storage, self.own_views = base.storage, base.own_views
+
+    def batch_params(self, epoch: int, step: int):
+        return self.base.batch_params(epoch, step)
 
     def targets(self, x, y, mix, epoch, step):
         return self.base.targets(x, y, mix, epoch, step)
@@ -277,6 +304,7 @@ class StoredLabels:
     """
 
     kind = "logits"
+    own_views = True
 
     def __init__(
         self,
@@ -286,9 +314,12 @@ class StoredLabels:
         num_classes: int,
         kept: int,
         name: str = "stored",
+        storage: dict | None = None,
     ):
         self.root, self.stream, self.kept, self.name = Path(root), stream, kept, name
         self.tag, self.num_classes = digest(key), num_classes
+        self.identity = {"store": self.tag, "epochs": kept}
+        self.storage = storage or {}
         self._epoch, self._data = -1, None
         missing = [e for e in range(kept) if not stored_path(self.root, e).is_file()]
         if missing:

@@ -23,14 +23,11 @@ from pathlib import Path
 import torch
 
 from hellodd.errors import UserError
-from hellodd.sets import (
-    ADAPTER_FILE,
-    IMAGES_FILE,
-    MANIFEST_FILE,
-    read_export_manifest,
-    read_images,
-    verify_file,
-)
+from hellodd.labels import Stream, render
+from hellodd.layout import ADAPTER_FILE, IMAGES_FILE, MANIFEST_FILE
+from hellodd.losses import logit_loss
+from hellodd.projector.adapters import load_projector, merged_for_inference
+from hellodd.sets import read_export_manifest, read_images, verify_file
 
 
 class _Images(torch.utils.data.Dataset):
@@ -70,8 +67,6 @@ class LightSet:
 
     def labeller(self, device="cpu") -> torch.nn.Module:
         """The projector (base + adapters merged), frozen, in eval mode: [B, C, H, W] views in [0, 1] -> logits."""
-        from hellodd.projector import load_projector, merged_for_inference
-
         key = str(torch.device(device))
         if key not in self._labellers:
             base = self.root / "base"  # the head's initialisation, if exported; never written into the export
@@ -88,8 +83,6 @@ class LightSet:
 
         The views are a pure function of ``seed`` (hellodd's evaluation of a set with ``engine.seed`` S uses
         stream seed ``S * 1000 + student seed``).  Defaults: the manifest's batch size and epochs."""
-        from hellodd.labels import Stream, render
-
         v = self.manifest["views"]
         stream = Stream(
             len(self.images),
@@ -110,8 +103,6 @@ class LightSet:
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss the labels are meant for (manifest ``loss``): MSE on logits + ce_weight x CE, or KL at T."""
-        from hellodd.evaluate import logit_loss
-
         spec = self.manifest["loss"]
         return logit_loss(logits, target, y, spec["name"], spec["ce_weight"], spec["temperature"])
 

@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 
 from hellodd.errors import UserError
-
-LOCK_FILE = ".hellodd.lock"
+from hellodd.layout import LOCK_FILE
 
 
 def _is_secondary_rank() -> bool:

@@ -25,22 +25,12 @@ import torch
 from torch import nn
 
 from hellodd.augment import resize
+from hellodd.config import TORCHVISION_ARCHS
 from hellodd.errors import UserError
+from hellodd.io import load_tensors, save_tensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-TORCHVISION_ARCHS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "shufflenet_v2_x0_5",
-    "mobilenet_v2",
-    "efficientnet_b0",
-    "swin_v2_t",
-    "vgg11",
-    "vit_b_16",
-)
 
 
 class InputAdapter(nn.Module):
@@ -107,11 +97,6 @@ def _adapt_small(arch: str, net: nn.Module) -> None:
         net.maxpool = nn.Identity()
 
 
-def is_architecture(arch: str) -> bool:
-    """Whether :func:`build_model` knows ``arch``."""
-    return bool(re.fullmatch(r"convnet(?:-d\d)?(?:-w\d+)?", arch)) or arch in TORCHVISION_ARCHS
-
-
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> Classifier:
     """Build a randomly initialised classifier for ``[N, in_channels, image_size, image_size]`` inputs."""
     spec = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
@@ -125,7 +110,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) 
         raise UserError(
             f"unknown architecture {arch!r} (choose from convnet, convnet-dN, {', '.join(TORCHVISION_ARCHS)})"
         )
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # lazy: its import costs about as much as torch's, only these need it
 
     small = image_size <= 64
     size = None
@@ -147,8 +132,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
     """Rebuild a classifier from a safetensors checkpoint written by :func:`save_classifier`."""
-    from hellodd.io import load_tensors
-
     tensors, meta = load_tensors(path)
     spec = meta.get("spec")
     if not spec:
@@ -162,8 +145,6 @@ def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifie
 
 
 def save_classifier(path, model: Classifier, **meta) -> None:
-    from hellodd.io import save_tensors
-
     model = getattr(model, "module", model)  # unwrap DDP / Fabric wrappers
     model = getattr(model, "_forward_module", model)
     save_tensors(path, model.state_dict(), {"spec": model.spec, **meta})

@@ -17,6 +17,13 @@ import copy
 from pathlib import Path
 
 from hellodd.config import Config
+from hellodd.distill import run_distill
+from hellodd.evaluate import run_evaluate
+from hellodd.frontier import write_report
+from hellodd.layout import projector_path
+from hellodd.projector.transfer import run_projector
+from hellodd.summary import announce
+from hellodd.teachers import train_teachers
 
 
 def baseline_config(cfg: Config) -> Config | None:
@@ -31,12 +38,6 @@ def baseline_config(cfg: Config) -> Config | None:
 
 def run_all(cfg: Config | list[Config], fabric) -> dict:
     """Every stage for one config, or for one config per IPC (same run folder, same trajectory)."""
-    from hellodd.distill import run_distill
-    from hellodd.evaluate import run_evaluate
-    from hellodd.projector import projector_path, run_projector
-    from hellodd.summary import announce
-    from hellodd.teachers import train_teachers
-
     cfgs = cfg if isinstance(cfg, list) else [cfg]
     many = len(cfgs) > 1
     steps = [("teachers", cfgs[0], train_teachers)]
@@ -59,8 +60,6 @@ def run_all(cfg: Config | list[Config], fabric) -> dict:
             results[name] = stage(c, fabric)
             announce(c, fabric, name, results[name])  # each stage says what it did as it ends
     if fabric.is_global_zero:
-        from hellodd.frontier import write_report
-
         ipcs = [c.distill.ipc for c in cfgs]
         results["report"] = write_report([Path(cfgs[0].out)], Path(cfgs[0].out), ipcs=ipcs)
     fabric.barrier()

@@ -31,9 +31,10 @@ from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import sha256
+from hellodd.layout import FINAL_FILE, STATE_FILE, pool_file, stage_dir
 from hellodd.models import build_model, count_parameters, save_classifier
-from hellodd.report import stage_dir, write_config, write_results
-from hellodd.teachers import pool_name, write_pool_index
+from hellodd.records import write_config, write_results
+from hellodd.teachers import write_pool_index
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 PREFIXES = ("module.", "_orig_mod.")
@@ -116,7 +117,7 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
     """Build the teacher stage's pool from existing checkpoints, each evaluated on the validation split."""
     t = cfg.teacher
     out = stage_dir(cfg, "teachers")
-    if (out / "state.pt").exists():
+    if (out / STATE_FILE).exists():
         raise UserError(f"{out}: holds a trained teacher trajectory; import into another --out")
     bundle = load_data(cfg.data, cfg.engine.seed)
     files = expand(specs)
@@ -137,7 +138,7 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
         entry = {
             "epoch": epoch,
             "step": None,
-            "file": f"pool/{pool_name(epoch)}",
+            "file": pool_file(epoch),
             **{k: val[k] for k in ("top1", "top5")},
         }
         entry.update(source=str(path.resolve()), source_sha256=sha256(path))
@@ -166,13 +167,13 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
     }
     if fabric.is_global_zero:
         write_config(out, cfg, "teachers")
-        shutil.copyfile(out / final["file"], out / "final.safetensors")
+        shutil.copyfile(out / final["file"], out / FINAL_FILE)
         write_pool_index(out, t.arch, entries, imported=True)
         files_bytes = {e["file"]: (out / e["file"]).stat().st_size for e in entries}
         storage = {
             "what": "imported teacher checkpoints (fp32 safetensors)",
             "files": files_bytes,
-            "teacher_bytes": (out / "final.safetensors").stat().st_size,
+            "teacher_bytes": (out / FINAL_FILE).stat().st_size,
             "teacher_params": metrics["params"],
         }
         write_results(out, metrics, storage)

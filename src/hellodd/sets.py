@@ -31,11 +31,17 @@ from hellodd.io import (
     tensor_sha256,
     write_json,
 )
-from hellodd.projector.adapters import ADAPTER_FILE
-from hellodd.report import stage_dir  # noqa: E402  (one name for adapter files everywhere)
+from hellodd.layout import (
+    ADAPTER_FILE,
+    CONTACT_SHEET,
+    IMAGES_FILE,
+    MANIFEST_FILE,
+    PNG_FOLDER,
+    class_folder,
+    distilled_dir,
+    projector_path,
+)
 
-IMAGES_FILE = "images.safetensors"
-MANIFEST_FILE = "manifest.json"
 EXPORT_FORMAT, EXPORT_VERSION = "hellodd-light-set", 1  # what `hellodd export` writes, `hellodd.load` reads
 
 
@@ -114,11 +120,6 @@ def contact_sheet(
     os.replace(path.with_suffix(".tmp.png"), path)
 
 
-def class_folder(index: int, name: str) -> str:
-    """``003_dress``: the ImageFolder name of a class (sorted folder order = class order)."""
-    return f"{index:03d}_" + "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
-
-
 def write_png_tree(images: torch.Tensor, labels: torch.Tensor, classes: list[str], root: Path) -> int:
     """An ImageFolder tree of the images (one PNG each); returns the bytes written."""
     from PIL import Image
@@ -142,8 +143,8 @@ def write_set(out: Path, images: torch.Tensor, labels: torch.Tensor, manifest: d
     out = Path(out)
     classes = manifest["classes"]
     save_tensors(out / IMAGES_FILE, {"images": images, "labels": labels}, manifest)
-    png_bytes = write_png_tree(images, labels, classes, out / "png")
-    contact_sheet(images, labels, classes, out / "contact_sheet.png")
+    png_bytes = write_png_tree(images, labels, classes, out / PNG_FOLDER)
+    contact_sheet(images, labels, classes, out / CONTACT_SHEET)
     manifest = {
         **manifest,
         "bytes": {
@@ -207,31 +208,9 @@ def adapters_for(directory, stage3: Path, images: torch.Tensor | None = None) ->
     return adapted
 
 
-# --------------------------------------------------------------------------------------------------
-# where a config's set lives
-
-
-def variant(cfg: Config) -> str:
-    d = cfg.distill
-    if d.init in ("random", "folder"):
-        return d.init  # no image update on either: real images, or someone else's finished set
-    return "rded-update" if d.update else "rded"
-
-
-def distilled_dir(cfg: Config) -> Path:
-    return stage_dir(cfg, "distill") / f"ipc{cfg.distill.ipc}-{variant(cfg)}"
-
-
-def adapted_projector_path(cfg: Config) -> Path:
-    """Where distill writes the view-adapted adapters of this distilled set."""
-    return distilled_dir(cfg) / ADAPTER_FILE
-
-
 def projector_for(cfg: Config, images: torch.Tensor | None = None) -> Path:
     """The adapters that label this distilled set: its view-adapted ones if distill made them, else stage 3's.
 
     View-adapted adapters are bound to the stage-3 file they continued (sha256) and, given ``images``, to the
     images they were adapted to: adapters made from anything else are refused, never used."""
-    from hellodd.projector import projector_path
-
     return adapters_for(distilled_dir(cfg), projector_path(cfg), images)

@@ -31,7 +31,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hellodd.report import mib
+from hellodd.config import Config, ProjectorConfig
+from hellodd.layout import (
+    adapted_projector_path,
+    evaluate_dir,
+    final_teacher_path,
+    label_store_dir,
+    projector_path,
+)
+from hellodd.models import build_model, count_parameters
+from hellodd.projector.adapters import adapter_tensors, add_adapters
+from hellodd.projector.bases import build_base
+from hellodd.records import mib
 
 AUG_VALUES_PER_VIEW = 5  # cx, cy, w, h, flip
 CUTMIX_VALUES_PER_BATCH = 5  # y0, y1, x0, x1, lambda
@@ -67,8 +78,6 @@ def teacher_bytes(
     arch: str = "resnet18", num_classes: int = 1000, in_channels: int = 3, image_size: int = 224
 ) -> dict:
     """fp32 bytes of a teacher's parameters, counted from the real model (buffers such as BN stats excluded)."""
-    from hellodd.models import build_model, count_parameters
-
     params = count_parameters(build_model(arch, num_classes, in_channels, image_size).net)
     return {
         "bytes": 4 * params,
@@ -80,34 +89,13 @@ def teacher_bytes(
 def paper_adapter(
     num_classes: int = 1000, encoder_rank: int = 8, head_rank: int = 128, arch: str = "RN50"
 ) -> dict:
-    """Build the paper's projector for real (open_clip tower, random weights) and count its LoRA tensors."""
-    import open_clip
-    import torch
-
-    from hellodd.config import ProjectorConfig
-    from hellodd.projector import Projector, adapter_tensors, add_adapters
-    from hellodd.projector.bases import _patch_attention_pools
-
-    torch.manual_seed(0)
-    visual = open_clip.create_model(arch, pretrained=None).visual
-
-    _patch_attention_pools(visual)
-    dim = visual.output_dim
+    """Build the paper's projector for real, through the factory a run uses (open_clip tower, seeded random
+    weights; the head's shape without its text embeddings), and count its LoRA tensors."""
     pcfg = ProjectorConfig(
         base=f"clip:{arch}", random_init=True, encoder_rank=encoder_rank, head_rank=head_rank
     )
-    p = Projector(
-        visual,
-        torch.zeros(num_classes, dim),
-        None,
-        100.0,
-        True,
-        224,
-        (0.5,) * 3,
-        (0.5,) * 3,
-        ["c"] * num_classes,
-        {},
-    )
+    p = build_base(pcfg, ["c"] * num_classes, text_head=False)
+    dim = p.head.in_features
     targets = add_adapters(p, pcfg.encoder_rank, pcfg.head_rank)
     tensors = adapter_tensors(p)
     head = sum(t.numel() for k, t in tensors.items() if k.startswith("head."))
@@ -204,14 +192,10 @@ def paper_report() -> str:
     return "\n".join(lines)
 
 
-def report(cfg, paper: bool = False) -> str:
+def storage_table(cfg: Config, paper: bool = False) -> str:
     """``hellodd storage``: this run's label sources from the files on disk, and optionally the paper's scale."""
-    from hellodd.projector import projector_path
-    from hellodd.report import stage_dir
-    from hellodd.sets import adapted_projector_path
-
     lines = [f"Label storage for {cfg.preset} (outputs in {cfg.out})"]
-    teacher = stage_dir(cfg, "teachers") / "final.safetensors"
+    teacher = final_teacher_path(cfg)
     adapter = projector_path(cfg)
     lines.append(_row("hard labels", 0))
     lines.append(
@@ -227,13 +211,9 @@ def report(cfg, paper: bool = False) -> str:
     adapted = adapted_projector_path(cfg)
     if adapted.is_file():
         lines.append(_row(f"projector adapters adapted to {adapted.parent.name}", file_bytes(adapted)))
-    from hellodd.evaluate import evaluate_dir
-
     ev = cfg.evaluate
     for name in ("stored", "compressed"):  # the files the evaluation wrote: the number results.md reports
-        files = sorted(
-            (evaluate_dir(cfg) / f"{name}-labels" / f"seed{ev.seeds[0]}").glob("rank*/epoch_*.safetensors")
-        )
+        files = sorted(label_store_dir(cfg, name, ev.seeds[0]).glob("rank*/epoch_*.safetensors"))
         if files:
             what = f"{name} labels, {evaluate_dir(cfg).name}, seed {ev.seeds[0]} (files)"
             lines.append(_row(what, sum(file_bytes(f) for f in files), f"{len(files)} files"))

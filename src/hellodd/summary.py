@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hellodd.config import Config
+from hellodd.layout import RESULTS_MD, distilled_dir, evaluate_dir, projector_path
 
 
 def stage_line(stage: str, r: dict) -> str:
@@ -21,18 +22,12 @@ def stage_line(stage: str, r: dict) -> str:
 
 def stage_folder(cfg: Config, stage: str) -> Path:
     """The folder a stage wrote (absolute, so a log says where to look whatever the working directory)."""
-    from hellodd.sets import distilled_dir
-
     out = Path(cfg.out).resolve()
     if stage.startswith("projector"):
-        from hellodd.projector import projector_path
-
         return projector_path(cfg).parent.resolve()
     if stage.startswith("distill"):
         return distilled_dir(cfg).resolve()
     if stage.startswith("evaluate"):
-        from hellodd.evaluate import evaluate_dir
-
         return evaluate_dir(cfg).resolve()
     return out / stage
 
@@ -55,5 +50,5 @@ def summarise(cfg: Config, results: dict) -> str:
     else:
         for stage, r in results.items():
             if stage.startswith("evaluate") and r.get("table"):
-                lines += ["", r["table"], f"(also in {stage_folder(cfg, stage) / 'results.md'})"]
+                lines += ["", r["table"], f"(also in {stage_folder(cfg, stage) / RESULTS_MD})"]
     return "\n".join(lines)

@@ -33,13 +33,11 @@ from hellodd.augment import augment, to_float
 from hellodd.config import Config
 from hellodd.data import load_data
 from hellodd.errors import UserError
-from hellodd.io import check_sha256, load_state, read_json, save_state, sha256, write_json
+from hellodd.io import check_sha256, read_json, sha256, write_json
+from hellodd.layout import FINAL_FILE, POOL_INDEX, STATE_FILE, pool_file, pool_index_path, stage_dir
 from hellodd.models import build_model, count_parameters, save_classifier
-from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
-
-
-def pool_name(epoch: float) -> str:
-    return f"epoch_{epoch:07.3f}.safetensors"
+from hellodd.records import peak_memory_mib, write_config, write_results
+from hellodd.resume import ResumePoint
 
 
 def checkpoint_steps(epochs: list[float], spe: int) -> dict[int, float]:
@@ -59,7 +57,7 @@ def teacher_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
 
 def load_pool(cfg: Config) -> dict:
     """The pool index written by :func:`train_teachers`; one clear error if the stage has not run."""
-    path = stage_dir(cfg, "teachers") / "pool.json"
+    path = pool_index_path(cfg)
     if not path.is_file():
         raise UserError(f"{path}: no teacher pool; run 'hellodd teachers' first (same --out)")
     pool = read_json(path)
@@ -76,8 +74,8 @@ def load_pool(cfg: Config) -> dict:
 def write_pool_index(out: Path, arch: str, entries: list[dict], **extra) -> None:
     """``pool.json``: every checkpoint with its epoch, accuracy and sha256 (checked by :func:`load_pool`)."""
     entries = [{**e, "sha256": sha256(out / e["file"])} for e in entries]
-    index = {"arch": arch, "checkpoints": entries, "final": "final.safetensors"}
-    write_json(out / "pool.json", {**index, "final_sha256": sha256(out / "final.safetensors"), **extra})
+    index = {"arch": arch, "checkpoints": entries, "final": FINAL_FILE}
+    write_json(out / POOL_INDEX, {**index, "final_sha256": sha256(out / FINAL_FILE), **extra})
 
 
 def train_teachers(cfg: Config, fabric) -> dict:
@@ -92,7 +90,6 @@ def train_teachers(cfg: Config, fabric) -> dict:
 
     model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
     opt = teacher_optimizer(model, t)
-    state_path = out / "state.pt"
     step, pool, history = 0, [], []
     key = {  # what the trajectory depends on: a state made from anything else is not resumed
         "spec": model.spec,
@@ -102,19 +99,15 @@ def train_teachers(cfg: Config, fabric) -> dict:
         "data": [cfg.data.name, str(bundle.source), len(bundle.train), cfg.data.image_size],
         "world": world,
     }
-    if state_path.exists():
-        state = load_state(state_path)
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            step, pool, history = state["step"], state["pool"], state["history"]
-            fabric.print(f"teachers: resuming at step {step}/{total}")
-        else:  # never silently overwrite a trajectory made from something else
-            differs = sorted(k for k in key if state.get("key", {}).get(k) != key[k])
-            raise UserError(
-                f"{state_path}: resume state is from a different teacher setup ({', '.join(differs)} differ); "
-                f"use another --out, or delete {out} to restart"
-            )
+    # never silently overwrite a trajectory made from something else
+    hint = f"use another --out, or delete {out} to restart"
+    point = ResumePoint(out / STATE_FILE, key, "teachers", total, fabric, refuse=True, restart_hint=hint)
+    state = point.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, pool, history = state["step"], state["pool"], state["history"]
+        fabric.print(f"teachers: resuming at step {step}/{total}")
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "teachers")
@@ -142,9 +135,8 @@ def train_teachers(cfg: Config, fabric) -> dict:
             seen += len(y) * world
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(cfg, step - 1, spe):.2g}", refresh=False)
-            engine.test_signal(step)
             at_epoch_end = step % spe == 0
-            stop = engine.stop_requested(fabric)  # SIGTERM / Ctrl-C: checkpoint this step, then stop
+            stop = point.poll(step)  # SIGTERM / Ctrl-C: checkpoint this step, then stop
             if step in ckpt_steps or at_epoch_end or step == total or stop:
                 if step in ckpt_steps:
                     e = ckpt_steps[step]
@@ -152,7 +144,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
                     entry = {
                         "epoch": e,
                         "step": step,
-                        "file": f"pool/{pool_name(e)}",
+                        "file": pool_file(e),
                         **{k: val[k] for k in ("top1", "top5", "loss")},
                     }
                     pool = [p for p in pool if p["step"] != step] + [entry]
@@ -160,22 +152,9 @@ def train_teachers(cfg: Config, fabric) -> dict:
                         save_classifier(out / entry["file"], model, epoch=e, step=step, val=val)
                         fabric.print(f"teachers: epoch {e:g} (step {step}) val top-1 {val['top1']:.2f}%")
                 history.append({"step": step, "loss": float(loss.item())})
-                if fabric.is_global_zero:
-                    module = getattr(model, "module", model)
-                    save_state(
-                        state_path,
-                        {
-                            "model": module.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "step": step,
-                            "pool": pool,
-                            "history": history,
-                            "key": key,
-                        },
-                    )
-                fabric.barrier()
-                if stop:
-                    raise engine.Preempted("teachers", step, total, state_path)
+                module = getattr(model, "module", model)
+                state = {"model": module.state_dict(), "optimizer": opt.state_dict(), "step": step}
+                point.save(step, {**state, "pool": pool, "history": history}, stop)
             if step >= total or at_epoch_end:
                 break
     bar.close()
@@ -207,12 +186,12 @@ def train_teachers(cfg: Config, fabric) -> dict:
         "loss_history": history,
     }
     if fabric.is_global_zero:
-        save_classifier(out / "final.safetensors", model, epoch=t.epochs, step=total, val=final)
-        files = [out / p["file"] for p in metrics["pool"]] + [out / "final.safetensors"]
+        save_classifier(out / FINAL_FILE, model, epoch=t.epochs, step=total, val=final)
+        files = [out / p["file"] for p in metrics["pool"]] + [out / FINAL_FILE]
         storage = {
             "what": "teacher checkpoints (fp32 safetensors); one of them is what an online-teacher label source stores",
             "files": {str(f.relative_to(out)): f.stat().st_size for f in files},
-            "teacher_bytes": (out / "final.safetensors").stat().st_size,
+            "teacher_bytes": (out / FINAL_FILE).stat().st_size,
             "teacher_params": metrics["params"],
         }
         write_pool_index(

@@ -1,6 +1,6 @@
 """The projector's only stored state: peft LoRA adapters, saved and rebuilt with their base.
 
-LoRA (supplement A.4, SPEC B.4): peft LoRA of rank ``encoder_rank`` on the encoder's ``Conv2d`` (only
+LoRA (supplement A.4; docs/method.md): peft LoRA of rank ``encoder_rank`` on the encoder's ``Conv2d`` (only
 ``groups == 1``: depthwise convs are excluded, a rank-r update of a depthwise kernel can outweigh the
 kernel itself; EfficientNet's stem is excluded too, its "same" padding lives in a separate module that
 peft's conv LoRA would not apply) and ``Linear`` layers, and of rank ``head_rank`` on the head ``W0``.
@@ -25,7 +25,6 @@ from hellodd.io import load_tensors, save_tensors, sha256
 from hellodd.projector.bases import Projector, build_base, fold_same_padding
 
 FORMAT = "hellodd-projector-v1"
-ADAPTER_FILE = "adapters.safetensors"  # stage 3's, and distill's view-adapted one beside the images
 
 
 def lora_targets(p: Projector, frozen_depth: float = 0.0) -> list[str]:

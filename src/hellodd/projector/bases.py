@@ -1,6 +1,6 @@
-"""The projector's frozen base: an image encoder and a head over the classes (supplement A.3, SPEC B.3).
+"""The projector's frozen base: an image encoder and a head over the classes (supplement A.3; docs/method.md).
 
-Projector (supplement A.3, SPEC B.3)::
+Projector (supplement A.3)::
 
     u(x)     = E(x)                                  frozen pretrained image encoder, D-dim features
     g(x)     = s * n(u(x)) @ (W0 + dW)^T + b0        logits over the C classes
@@ -84,8 +84,8 @@ class Projector(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.normalize, self.image_size, self.classes, self.info = normalize, image_size, list(classes), info
         self.requires_grad_(False)
-        # channels-last convolution weights (activations follow): EfficientNet-Lite0's depthwise layers run
-        # 1.2x faster per LoRA training step and 1.7x per eager labelling batch on this CPU (README, Performance)
+        # channels-last convolution weights (activations follow): EfficientNet-Lite's depthwise layers run
+        # faster per LoRA training step and per eager labelling batch on a CPU (docs/performance.md)
         self.encoder.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True):
@@ -393,15 +393,22 @@ def _efficientnet_head(net, base: str, classes: list[str], cache_dir: Path | Non
     )
 
 
-def build_base(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None = None) -> Projector:
-    """The projector before any adapter: exactly the base's zero-shot (or mapped ImageNet) classifier."""
+def build_base(
+    pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None = None, text_head: bool = True
+) -> Projector:
+    """The projector before any adapter: exactly the base's zero-shot (or mapped ImageNet) classifier.
+    ``text_head=False`` leaves a CLIP base's head at zero (shapes only: for counting adapter bytes)."""
     base = pcfg.base
     if base.startswith("clip:"):
         arch = base[5:]
         model = _load_clip(arch, pcfg)
         ckpt_sha = sha256(pcfg.checkpoint) if pcfg.checkpoint and not pcfg.random_init else None
         wid = weights_id(base, pcfg.random_init, pcfg.base_seed, ckpt_sha)
-        head = _clip_text_head(model, arch, classes, wid, cache_dir)
+        head = (
+            _clip_text_head(model, arch, classes, wid, cache_dir)
+            if text_head
+            else torch.zeros(len(classes), model.visual.output_dim)
+        )
         scale = float(model.logit_scale.detach().exp())
         visual = model.visual
         _patch_attention_pools(visual)

@@ -1,6 +1,6 @@
 """Stage 3: the LoRA knowledge transfer from weak teachers to the projector, on real training images.
 
-Knowledge transfer (supplement Table 2, SPEC B.4, E.1, E.2)::
+Knowledge transfer (supplement Table 2; docs/method.md)::
 
     L = mean_{i,c} (g(a(x_i))_c - z(a(x_i))_c)^2  +  ce_weight * CE(g(a(x_i)), y_i)
     z(v) = (1/|T|) sum_{f in T} f(v)
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -33,10 +33,22 @@ from hellodd.augment import apply_cutmix, augment, mixed_one_hot, sample_cutmix,
 from hellodd.config import Config, ProjectorConfig
 from hellodd.data import load_data, per_class_subset, subset
 from hellodd.errors import UserError
-from hellodd.io import load_state, save_state, sha256
-from hellodd.projector.adapters import ADAPTER_FILE, adapter_tensors, add_adapters, save_adapters
+from hellodd.io import sha256
+from hellodd.labels import MeanLogits
+from hellodd.layout import (
+    ADAPTER_FILE,
+    RANDOM_BASE_FOLDER,
+    STATE_FILE,
+    STORAGE_FILE,
+    cache_dir,
+    projector_path,
+)
+from hellodd.models import load_classifier
+from hellodd.projector.adapters import adapter_tensors, add_adapters, save_adapters
 from hellodd.projector.bases import build_base
-from hellodd.report import peak_memory_mib, stage_dir, write_config, write_results
+from hellodd.records import peak_memory_mib, write_config, write_results
+from hellodd.resume import ResumePoint
+from hellodd.teachers import load_pool
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -54,8 +66,6 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
 def teacher_logits(teachers: list[nn.Module] | nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The weak teachers' mean raw logits on ``x`` (the transfer target z), without autograd.  ``teachers``:
     the models, or one module that already averages them (:class:`~hellodd.labels.MeanLogits`, compiled)."""
-    from hellodd.labels import MeanLogits
-
     model = teachers if isinstance(teachers, nn.Module) else MeanLogits(teachers)
     with torch.inference_mode():
         return model(x)
@@ -65,29 +75,16 @@ def teacher_logits(teachers: list[nn.Module] | nn.Module, x: torch.Tensor) -> to
 # the stage
 
 
-def projector_path(cfg: Config) -> Path:
-    """Stage 3's adapters for this config's weak teachers: ``<out>/projector/<window>/adapters.safetensors``,
-    one folder per window (``teachers-<epochs>``, or ``rule-ipc<IPC>`` for the position rule), so the IPCs
-    of one run, whose windows differ, each keep their projector."""
-    from hellodd.config import weak_teacher_epochs
-
-    epochs = weak_teacher_epochs(cfg)
-    window = "teachers-" + "-".join(f"{e:g}" for e in epochs) if epochs else f"rule-ipc{cfg.distill.ipc}"
-    return stage_dir(cfg, "projector") / window / ADAPTER_FILE
-
-
 def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
-    """The weak teachers: :func:`hellodd.config.weak_teacher_epochs` (``projector.teacher_epochs``, else the
-    paper preset's window for this IPC).  Without either, the paper's rule made concrete: a window of
+    """The weak teachers: the pool epochs ``projector.teacher_epochs`` names (the presets set them per IPC,
+    :data:`hellodd.config.IPC_SETTINGS`).  Without either, the paper's rule made concrete: a window of
     ``num_teachers`` consecutive pool checkpoints whose position moves from the start of the trajectory
     (simple data, small IPC) to its end (complex data, large IPC).  Position f = 0.5 * log10(C)/3 + 0.5 *
     log10(IPC)/2, clipped to [0, 1] (C = 1000 classes or IPC = 100 push it to the end).  The final model is
     never a weak teacher under the rule."""
-    from hellodd.config import weak_teacher_epochs
-
     ckpts = sorted(pool["checkpoints"], key=lambda p: p["epoch"])
     p = cfg.projector
-    wanted = weak_teacher_epochs(cfg)
+    wanted = list(cfg.projector.teacher_epochs)
     if wanted:
         chosen = [c for c in ckpts if any(abs(c["epoch"] - e) < 1e-9 for e in wanted)]
         missing = set(wanted) - {c["epoch"] for c in chosen}
@@ -173,13 +170,11 @@ def train_projector(
     cfg: Config, fabric, pcfg: ProjectorConfig, out: Path, bundle, teachers: list[dict]
 ) -> dict:
     """LoRA transfer for one base; writes ``out/adapters.safetensors`` and returns its metrics."""
-    from hellodd.models import load_classifier
-
     train = bundle.train
     if pcfg.train_per_class:
         train = subset(train, per_class_subset(train.targets, pcfg.train_per_class, cfg.engine.seed))
     teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
-    proj = build_base(pcfg, bundle.classes, Path(cfg.out) / "cache")
+    proj = build_base(pcfg, bundle.classes, cache_dir(cfg))
     targets = add_adapters(proj, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
     n_adapter = sum(p.numel() for p in proj.parameters() if p.requires_grad)
     if fabric.is_global_zero:
@@ -194,7 +189,7 @@ def train_projector(
     total = max(1, round(pcfg.epochs * spe))
     warm = max(1, round(0.05 * total))
     opt = adapter_optimizer(proj, pcfg)
-    state_path, step, history = out / "state.pt", 0, []
+    step, history = 0, []
     key = {  # what the adapters depend on: a state made from anything else is never resumed
         "total": total,
         "n_adapter": n_adapter,
@@ -203,19 +198,17 @@ def train_projector(
         "seed": cfg.engine.seed,
         "data": [cfg.data.name, len(train)],
     }
-    if state_path.exists():
-        st = load_state(state_path)
-        if st.get("key") == key:
-            proj.load_state_dict(st["adapters"], strict=False)
-            opt.load_state_dict(st["optimizer"])
-            step, history = st["step"], st["history"]
-            fabric.print(f"projector: resuming at step {step}/{total}")
-        else:  # never silently overwrite adapters trained from something else
-            differs = sorted(k for k in key if st.get("key", {}).get(k) != key[k])
-            raise UserError(
-                f"{state_path}: resume state is from a different projector setup ({', '.join(differs)} differ); "
-                f"use another --out, or delete {out} to restart"
-            )
+    # never silently overwrite adapters trained from something else
+    hint = f"use another --out, or delete {out} to restart"
+    point = ResumePoint(
+        out / STATE_FILE, key, "projector transfer", total, fabric, refuse=True, restart_hint=hint
+    )
+    st = point.load()
+    if st is not None:
+        proj.load_state_dict(st["adapters"], strict=False)
+        opt.load_state_dict(st["optimizer"])
+        step, history = st["step"], st["history"]
+        fabric.print(f"projector: resuming at step {step}/{total}")
     every = max(1, min(50, spe))  # checkpoint interval (steps)
     proj_ddp, opt = fabric.setup(proj, opt)
     dl = engine.loader(fabric, train, pcfg.batch_size, shuffle=True, seed=cfg.engine.seed + 1)
@@ -239,24 +232,11 @@ def train_projector(
             step += 1
             bar.update(1)
             bar.set_postfix(mse=f"{mse.item():.3f}", ce=f"{ce.item():.3f}", refresh=False)
-            engine.test_signal(step)
-            stop = engine.stop_requested(fabric)
+            stop = point.poll(step)
             if step % spe == 0 or step % every == 0 or step == total or stop:
                 history.append({"step": step, "mse": mse.item(), "ce": ce.item()})
-                if fabric.is_global_zero:
-                    save_state(
-                        state_path,
-                        {
-                            "adapters": adapter_tensors(proj),
-                            "optimizer": opt.state_dict(),
-                            "step": step,
-                            "history": history,
-                            "key": key,
-                        },
-                    )
-                fabric.barrier()
-                if stop:
-                    raise engine.Preempted("projector transfer", step, total, state_path)
+                state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
+                point.save(step, {**state, "history": history}, stop)
                 break  # the loader restarts at the next step's position
     bar.close()
     seconds = time.perf_counter() - t0
@@ -298,8 +278,6 @@ def train_projector(
 
 
 def run_projector(cfg: Config, fabric) -> dict:
-    from hellodd.teachers import load_pool
-
     pool = load_pool(cfg)
     bundle = load_data(cfg.data, cfg.engine.seed)
     pool["classes"] = bundle.classes
@@ -314,16 +292,14 @@ def run_projector(cfg: Config, fabric) -> dict:
         f"{result.get('adapter_bytes', 0):,} B); weak teachers (epoch:top-1) {used}"
     )
     if cfg.projector.ablate_random_base and not cfg.projector.random_init:
-        from dataclasses import replace
-
         rnd = train_projector(
-            cfg, fabric, replace(cfg.projector, random_init=True), out / "random-base", bundle, teachers
+            cfg, fabric, replace(cfg.projector, random_init=True), out / RANDOM_BASE_FOLDER, bundle, teachers
         )
         result["random_base"] = {
             k: rnd[k] for k in ("val_top1", "zero_shot_val_top1", "teacher_agreement", "seconds")
         }
         line += f"; same on a seeded-random base: {rnd['val_top1']:.2f}%"
         if fabric.is_global_zero:
-            write_results(out, result, json.loads((out / "storage.json").read_text()))
+            write_results(out, result, json.loads((out / STORAGE_FILE).read_text()))
     result["summary"] = line
     return result

@@ -4,6 +4,7 @@ student views, so the adapters that label a set have seen what students will ask
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,9 +14,13 @@ from hellodd import engine
 from hellodd.augment import mixed_one_hot
 from hellodd.config import Config
 from hellodd.data import per_class_subset, subset
-from hellodd.io import load_state, load_tensors, save_state, sha256, tensor_sha256
-from hellodd.projector.adapters import ADAPTER_FILE, adapter_tensors, load_projector, save_adapters
+from hellodd.io import load_tensors, sha256, tensor_sha256
+from hellodd.labels import MeanLogits, render, student_stream
+from hellodd.layout import ADAPT_STATE_FILE, ADAPTER_FILE, cache_dir
+from hellodd.models import load_classifier
+from hellodd.projector.adapters import adapter_tensors, load_projector, save_adapters
 from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, teacher_logits, transfer_loss
+from hellodd.resume import ResumePoint
 
 # streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
 ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED, SELECT_STREAM_SEED = 10**6, 2 * 10**6, 4 * 10**6
@@ -27,7 +32,6 @@ REGRESSION_TOLERANCE = 0.1
 def view_agreement(fabric, proj: nn.Module, teachers: nn.Module, images, stream, batches: int) -> dict:
     """Projector vs weak-teacher mean on ``batches`` batches of a student stream: top-1 agreement, KL, MSE.
     Both run under the engine's autocast, as when they label a student's batch."""
-    from hellodd.labels import render
 
     zs, ps = [], []
     with torch.inference_mode(), fabric.autocast():
@@ -67,17 +71,12 @@ def adapt_to_views(
     summed (one all-reduce), so every rank takes the one-process step up to the order of that sum.  bf16
     autocast works, fp16 would need a scaler.
     """
-    from dataclasses import replace
-
-    from hellodd.labels import MeanLogits, render, student_stream
-    from hellodd.models import load_classifier
-
     d = cfg.distill
     _, meta = load_tensors(adapter_file)
     pcfg = replace(cfg.projector, **meta["projector"])  # the file's base and ranks, this config's optimiser
     scale = d.adapt_lr_scale
     pcfg = replace(pcfg, lr=pcfg.lr * scale, head_lr=(pcfg.head_lr or pcfg.lr) * scale)
-    proj = load_projector(adapter_file, fabric.device, Path(cfg.out) / "cache")
+    proj = load_projector(adapter_file, fabric.device, cache_dir(cfg))
     for n, q in proj.named_parameters():
         q.requires_grad_("lora_" in n)
     teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
@@ -107,7 +106,6 @@ def adapt_to_views(
         if d.adapt_checks
         else []
     )
-    state_path = out / "adapt_state.pt"
     ev = cfg.evaluate
     key = {  # everything the adapted adapters depend on: a state made from anything else is not resumed
         "total": total,
@@ -123,14 +121,13 @@ def adapt_to_views(
 
     best = {"step": 0, "mse": None, "adapters": snapshot()}
     history: list[dict] = []
-    if state_path.exists():
-        st = load_state(state_path)
-        if {k: st.get(k) for k in key} == key:
-            proj.load_state_dict(st["adapters"], strict=False)
-            opt.load_state_dict(st["optimizer"])
-            step, best, history = st["step"], st["best"], st["history"]
-        else:  # other steps, stage-3 adapters or images: never resumed, never reused
-            fabric.print(f"hellodd: {state_path} was made from other inputs; adapting afresh")
+    # a state of other steps, stage-3 adapters or images is never resumed, never reused
+    point = ResumePoint(out / ADAPT_STATE_FILE, key, "view adaptation", total, fabric)
+    st = point.load()
+    if st is not None:
+        proj.load_state_dict(st["adapters"], strict=False)
+        opt.load_state_dict(st["optimizer"])
+        step, best, history = st["step"], st["best"], st["history"]
     if best["mse"] is None and checks:
         best["mse"] = select_mse()
         history.append({"step": 0, "select_mse": best["mse"], "regression": False})
@@ -166,16 +163,10 @@ def adapt_to_views(
             elif now < best["mse"]:
                 best = {"step": step, "mse": now, "adapters": snapshot()}
             history.append({"step": step, "select_mse": now, "regression": regression})
-        engine.test_signal(step)
-        stop = engine.stop_requested(fabric)
-        if (
-            step % 50 == 0 or step in checks or step == total or stop
-        ) and fabric.is_global_zero:  # ranks hold the same adapters
+        stop = point.poll(step)
+        if step % 50 == 0 or step in checks or step == total or stop:  # ranks hold the same adapters
             state = {"adapters": adapter_tensors(proj), "optimizer": opt.state_dict(), "step": step}
-            save_state(state_path, {**state, "best": best, "history": history, **key})
-        if stop:
-            fabric.barrier()
-            raise engine.Preempted("view adaptation", step, total, state_path)
+            point.save(step, {**state, "best": best, "history": history}, stop)
     seconds = time.perf_counter() - t0
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)

@@ -1,8 +1,8 @@
-"""What every stage writes beside its outputs: resolved config, metrics and storage report (JSON).
+"""What every stage records beside its outputs (JSON):
 
-``<out>/<stage>/config.json``   the resolved :class:`~hellodd.config.Config`, versions, command line
-``<out>/<stage>/metrics.json``  the stage's measurements (accuracies, seconds, peak memory, ...)
-``<out>/<stage>/storage.json``  bytes of what the stage produced that a user would have to keep
+``config.json``   the resolved :class:`~hellodd.config.Config`, versions, command line
+``metrics.json``  the stage's measurements (accuracies, seconds, peak memory, ...)
+``storage.json``  bytes of what the stage produced that a user would have to keep
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ from pathlib import Path
 
 import torch
 
-from hellodd import __version__
 from hellodd.config import Config, to_dict
 from hellodd.io import write_json
-
-
-def stage_dir(cfg: Config, stage: str) -> Path:
-    return Path(cfg.out) / stage
+from hellodd.layout import CONFIG_FILE, METRICS_FILE, STORAGE_FILE
+from hellodd.version import __version__
 
 
 def versions() -> dict:
@@ -43,7 +40,7 @@ def peak_memory_mib(device: torch.device | None = None) -> float:
 
 def write_config(directory: Path, cfg: Config, stage: str) -> None:
     write_json(
-        directory / "config.json",
+        directory / CONFIG_FILE,
         {
             "stage": stage,
             "config": to_dict(cfg),
@@ -55,9 +52,9 @@ def write_config(directory: Path, cfg: Config, stage: str) -> None:
 
 
 def write_results(directory: Path, metrics: dict, storage: dict | None = None) -> None:
-    write_json(directory / "metrics.json", metrics)
+    write_json(directory / METRICS_FILE, metrics)
     if storage is not None:
-        write_json(directory / "storage.json", storage)
+        write_json(directory / STORAGE_FILE, storage)
 
 
 def mib(n_bytes: float) -> float:

@@ -1,0 +1,52 @@
+"""Typed configuration: one dataclass per stage (:mod:`.schema`), a preset per dataset (:mod:`.presets`),
+``--set a.b=v`` overrides and JSON (:mod:`.overrides`), and the checks of impossible settings (:mod:`.validate`).
+
+Every run writes the resolved config as JSON beside its outputs; :func:`from_dict` reads it back.
+"""
+
+from hellodd.config.overrides import apply_overrides, from_dict, set_value, to_dict
+from hellodd.config.presets import FASHION_MNIST_DEBIAN, IPC_SETTINGS, PRESETS, ipc_settings, preset
+from hellodd.config.schema import (
+    ADAPTER_DTYPES,
+    LABEL_REFINEMENTS,
+    LABEL_SOURCES,
+    TORCHVISION_ARCHS,
+    Config,
+    DataConfig,
+    DistillConfig,
+    EngineConfig,
+    EvaluateConfig,
+    ProjectorConfig,
+    TeacherConfig,
+    is_architecture,
+    is_label_source,
+    split_source,
+)
+from hellodd.config.validate import validate
+
+__all__ = [
+    "ADAPTER_DTYPES",
+    "FASHION_MNIST_DEBIAN",
+    "IPC_SETTINGS",
+    "LABEL_REFINEMENTS",
+    "LABEL_SOURCES",
+    "PRESETS",
+    "TORCHVISION_ARCHS",
+    "Config",
+    "DataConfig",
+    "DistillConfig",
+    "EngineConfig",
+    "EvaluateConfig",
+    "ProjectorConfig",
+    "TeacherConfig",
+    "apply_overrides",
+    "from_dict",
+    "ipc_settings",
+    "is_architecture",
+    "is_label_source",
+    "preset",
+    "set_value",
+    "split_source",
+    "to_dict",
+    "validate",
+]

@@ -1,0 +1,44 @@
+"""Result rows of student runs, aggregated per (label source, student): what evaluate and report both show."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def aggregate(rows: list[dict], storage: dict) -> list[dict]:
+    """One entry per (source, student), in the rows' order: final-epoch top-1 mean, std and n over seeds,
+    mean top-5, median seconds per iteration, peak memory, and the source's label bytes (``storage``)."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["source"], r["student"]), []).append(r)
+    out = []
+    for (source, student), rs in groups.items():
+        top1 = [r["top1"] for r in rs]
+        out.append(
+            {
+                "source": source,
+                "student": student,
+                "mean": statistics.mean(top1),
+                "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                "n": len(top1),
+                "top5": statistics.mean(r["top5"] for r in rs),
+                "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
+                "peak_mib": max(r["peak_memory_mib"] for r in rs),
+                "bytes": storage[source]["bytes"],
+            }
+        )
+    return out
+
+
+def results_table(rows: list[dict], storage: dict) -> str:
+    """The markdown table of an evaluation (``results.md``)."""
+    lines = [
+        "| label source | student | top-1 (mean ± std) | top-5 | s / iteration | peak memory (MiB) | extra storage (bytes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in aggregate(rows, storage):
+        lines.append(
+            f"| {a['source']} | {a['student']} | {a['mean']:.2f} ± {a['std']:.2f} (n={a['n']}) | {a['top5']:.2f} | "
+            f"{a['s_per_iter']:.4f} | {a['peak_mib']:.0f} | {a['bytes']:,} ({a['bytes'] / 2**20:.3f} MiB) |"
+        )
+    return "\n".join(lines)
