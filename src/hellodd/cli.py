@@ -21,7 +21,16 @@ import os
 import sys
 import warnings
 
+from hellodd import config as C
 from hellodd.errors import UserError
+from hellodd.io import read_json
+from hellodd.lock import FolderLock
+from hellodd.summary import announce, summarise
+from hellodd.version import __version__
+
+# The modules of a command (stages, engine, report, export) are imported when it runs, not here: so
+# `hellodd --help`, a usage error and a refused option answer without importing torch, which costs more
+# than everything else such a command does.
 
 STAGES = {  # command -> (module, function): each stage is a plain function of (config, fabric)
     "teachers": ("teachers", "train_teachers"),
@@ -29,6 +38,7 @@ STAGES = {  # command -> (module, function): each stage is a plain function of (
     "distill": ("distill", "run_distill"),
     "evaluate": ("evaluate", "run_evaluate"),
 }
+PLANNED = ("run", "teachers", "projector", "distill", "evaluate", "export")  # commands checked by preflight
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 
 
@@ -78,7 +88,6 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from hellodd.version import __version__
 
     p.add_argument("--version", action="version", version=f"hellodd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,11 +133,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace, ipc: int | None = None):
     """The config of ``args``; with ``ipc``, that IPC's (the preset's settings for it, then ``--set``)."""
-    from hellodd import config as C
 
     if args.config:
-        from hellodd.io import read_json
-
         data = read_json(args.config)
         data = data.get("config", data) if isinstance(data, dict) else data
         if not isinstance(data, dict):
@@ -164,8 +170,6 @@ WRITERS = ("run", "teachers", "projector", "distill", "evaluate", "export")  # c
 
 def dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     if command in WRITERS:
-        from hellodd.lock import FolderLock
-
         with FolderLock(cfg.out, command):  # one writer per run folder
             _dispatch(cfg, command, args)
     else:
@@ -203,15 +207,12 @@ def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     fabric = engine.make_fabric(cfg.engine)
     if command == "run":
         from hellodd.pipeline import run_all
-        from hellodd.summary import summarise
 
         ipcs = getattr(args, "ipc", None)
         results = run_all([build_config(args, n) for n in dict.fromkeys(ipcs)] if ipcs else cfg, fabric)
         if fabric.is_global_zero:
             print("\n" + summarise(cfg, results))
         return
-    from hellodd.summary import announce
-
     if command == "teachers" and args.import_paths:
         from hellodd.pool_import import import_teachers
 
@@ -254,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     handlers = engine.install_stop_handlers()  # SIGTERM / Ctrl-C: checkpoint, then stop (engine.Preempted)
     try:
         cfg = None if args.command in ("report", "verify") else build_config(args)
-        for n in getattr(args, "ipc", None) or []:  # every IPC's config is checked before any stage works
-            build_config(args, n)
+        ipcs = getattr(args, "ipc", None) or []
+        cfgs = [build_config(args, n) for n in dict.fromkeys(ipcs)] or [cfg]  # every IPC's, checked first
+        if args.command in PLANNED:  # the whole plan, before the lock or any stage writes a file
+            from hellodd.preflight import check_plan
+
+            check_plan(args.command, cfgs)
         dispatch(cfg, args.command, args)
     except UserError as e:
         print(f"hellodd: error: {_one_line(e)}", file=sys.stderr)

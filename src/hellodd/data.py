@@ -15,11 +15,13 @@ Three sources:
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from hellodd.classnames import readable_names
@@ -57,7 +59,7 @@ class TensorImages(Dataset):
 
 def square_uint8(size: int):
     """PIL image -> uint8 tensor, resized (short side) and centre-cropped to ``size`` x ``size``."""
-    from torchvision import transforms
+    from torchvision import transforms  # lazy: its import costs about as much as torch's
 
     return transforms.Compose(
         [transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()]
@@ -195,19 +197,26 @@ def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
     )
 
 
-def load_imagefolder(cfg: DataConfig) -> DataBundle:
-    from torchvision.datasets import ImageFolder
-
+def _imagefolder_root(cfg: DataConfig) -> Path:
+    """The folder of an ImageFolder dataset, with its train/ and val/ splits, or the one line that says why not."""
     root = Path(cfg.root) if cfg.root else None
     if root is None:
         raise UserError("--data: an imagefolder dataset needs --data PATH (a folder with train/ and val/)")
     if not root.is_dir():
         raise UserError(f"--data {root}: folder not found")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise UserError(f"--data {root}: no {split}/ folder (expected {root}/{split}/<class>/<image>)")
+    return root
+
+
+def load_imagefolder(cfg: DataConfig) -> DataBundle:
+    from torchvision.datasets import ImageFolder  # lazy: its import costs about as much as torch's
+
+    root = _imagefolder_root(cfg)
     folders = {}
     for split in ("train", "val"):
         d = root / split
-        if not d.is_dir():
-            raise UserError(f"--data {root}: no {split}/ folder (expected {root}/{split}/<class>/<image>)")
         try:
             folders[split] = ImageFolder(str(d))
         except (FileNotFoundError, RuntimeError) as e:
@@ -251,6 +260,26 @@ def make_synthetic(cfg: DataConfig, seed: int = 0) -> DataBundle:
     return DataBundle(train, val, [f"pattern {c}" for c in range(k)], 3, s, "synthetic")
 
 
+def train_class_counts(cfg: DataConfig) -> list[int]:
+    """Training images per class, counted without reading an image (the labels file, or the class folders'
+    file names), after ``train_per_class``: what a run can check before its first stage."""
+    if cfg.name == "synthetic":
+        counts = [cfg.synthetic_per_class] * cfg.synthetic_classes
+    elif cfg.name == "fashion-mnist":
+        root = Path(cfg.root)
+        if not root.is_dir():
+            raise UserError(f"--data {root}: folder not found")
+        labels = _read_idx(_find_idx(root, "train-labels-idx1-ubyte"), "labels")
+        counts = np.bincount(labels, minlength=len(FASHION_MNIST_CLASSES)).tolist()
+    else:
+        from torchvision.datasets.folder import IMG_EXTENSIONS  # lazy: see load_imagefolder
+
+        train = _imagefolder_root(cfg) / "train"
+        folders = sorted((d for d in os.scandir(train) if d.is_dir()), key=lambda d: d.name)
+        counts = [sum(1 for f in os.scandir(d) if f.name.lower().endswith(IMG_EXTENSIONS)) for d in folders]
+    return [min(n, cfg.train_per_class) if cfg.train_per_class else n for n in counts]
+
+
 def load_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Load the configured dataset and apply the per-class caps (seeded, so every stage sees the same)."""
     if cfg.name == "fashion-mnist":
@@ -281,8 +310,6 @@ def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor
     names, or by WordNet ID; every class must be present.  Images are resized and centre-cropped to the
     data's resolution and converted to its channels.  Returns uint8 images ``[N, C, S, S]`` and labels.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--set distill.images={root}: folder not found")

@@ -245,9 +245,24 @@ class _DropRecords(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
-def _load_clip(arch: str, pcfg: ProjectorConfig):
-    import open_clip
+def check_base(pcfg: ProjectorConfig) -> None:
+    """Refuse, with one line, a base that cannot be built: an unknown name, a CLIP architecture open_clip does
+    not know, CLIP without weights (nothing is downloaded), a missing checkpoint or weights package.  Cheap:
+    it reads no weights, so a run can ask before its first stage."""
+    base = pcfg.base
+    if base in EFFICIENTNET_BASES:
+        if not pcfg.random_init:
+            _efficientnet_weights(base)
+        return
+    if not base.startswith("clip:"):
+        raise UserError(
+            f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture>, "
+            + " or ".join(EFFICIENTNET_BASES)
+            + ")"
+        )
+    import open_clip  # lazy: its import costs about as much as torch's; only CLIP bases need it
 
+    arch = base[5:]
     _register_model_configs()
     if arch not in open_clip.list_models():
         raise UserError(f"--set projector.base=clip:{arch}: open_clip has no architecture {arch!r}")
@@ -257,6 +272,15 @@ def _load_clip(arch: str, pcfg: ProjectorConfig):
             f"projector base clip:{arch} needs weights: pass --clip-checkpoint PATH (a local open_clip or OpenAI "
             "checkpoint; nothing is downloaded) or --set projector.random_init=true"
         )
+    if ckpt and not pcfg.random_init and not Path(ckpt).is_file():
+        raise UserError(f"--clip-checkpoint {ckpt}: file not found")
+
+
+def _load_clip(arch: str, pcfg: ProjectorConfig):
+    import open_clip  # lazy: see check_base
+
+    check_base(pcfg)
+    ckpt = pcfg.checkpoint
     torch.manual_seed(pcfg.base_seed)
     root = logging.getLogger()
     quiet = _DropRecords("No pretrained weights loaded")  # we load (or seed) the weights ourselves, below
@@ -266,8 +290,6 @@ def _load_clip(arch: str, pcfg: ProjectorConfig):
     finally:
         root.removeFilter(quiet)
     if ckpt and not pcfg.random_init:
-        if not Path(ckpt).is_file():
-            raise UserError(f"--clip-checkpoint {ckpt}: file not found")
         try:
             open_clip.load_checkpoint(model, ckpt, strict=True)
         except Exception as first:
@@ -460,8 +482,5 @@ def build_base(
             classes,
             info,
         )
-    raise UserError(
-        f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture>, "
-        + " or ".join(EFFICIENTNET_BASES)
-        + ")"
-    )
+    check_base(pcfg)  # an unknown base: its one line
+    raise AssertionError(base)

@@ -1,0 +1,96 @@
+"""The plan checked before any stage works: what each stage of a command will need, from the configs alone.
+
+A run that would fail in its third stage fails in its first seconds, with the one line that stage would
+have printed, before anything is written (the run folder's lock included).  Each stage declares its
+needs in :data:`NEEDS`; a command checks the needs of every stage it will run, for every config (one per
+IPC with ``hellodd run --ipc``).  Checks read no weights and no images: class folders' file names, a
+labels file, the teacher pool's index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hellodd.config import Config
+from hellodd.data import train_class_counts
+from hellodd.errors import UserError
+from hellodd.io import read_json
+from hellodd.layout import pool_index_path
+from hellodd.projector.bases import check_base
+
+# the stages each command runs, in order
+COMMAND_STAGES = {
+    "run": ("teachers", "projector", "distill", "evaluate"),
+    "teachers": ("teachers",),
+    "projector": ("projector",),
+    "distill": ("distill",),
+    "evaluate": ("evaluate",),
+    "export": (),
+}
+PROJECTOR_SOURCES = ("projector", "projector-transfer")
+
+
+def _pool_epochs(cfg: Config, stages: tuple[str, ...]) -> list[float] | None:
+    """The pool the projector will choose from: the one this command trains, else the one on disk (None if
+    there is none yet: the stage itself then says to train teachers first)."""
+    if "teachers" in stages:
+        return sorted(set(cfg.teacher.pool_epochs) | {float(cfg.teacher.epochs)})
+    path = pool_index_path(cfg)
+    return [c["epoch"] for c in read_json(path)["checkpoints"]] if path.is_file() else None
+
+
+def _teachers(cfg: Config, stages: tuple[str, ...]) -> None:
+    train_class_counts(cfg.data)  # the data is where the config says, with a train/ split
+
+
+def _projector(cfg: Config, stages: tuple[str, ...]) -> None:
+    check_base(cfg.projector)
+    window = cfg.projector.teacher_epochs
+    pool = _pool_epochs(cfg, stages)
+    if window and pool is not None:
+        missing = [e for e in window if not any(abs(e - p) < 1e-9 for p in pool)]
+        if missing:
+            where = "teacher.pool_epochs" if "teachers" in stages else f"the pool in {pool_index_path(cfg)}"
+            raise UserError(
+                f"--set projector.teacher_epochs: no pool checkpoint at epoch(s) {missing} for IPC "
+                f"{cfg.distill.ipc} ({where} must keep them: {pool})"
+            )
+
+
+def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
+    d = cfg.distill
+    if d.update or d.adapt_steps > 0:
+        check_base(cfg.projector)  # the update and the view adaptation load the projector
+    if d.init == "folder":
+        return  # its images are counted when they are read (they must be exactly IPC per class)
+    need = d.ipc * d.factor**2 if d.init == "rded" else d.ipc
+    counts = train_class_counts(cfg.data)
+    if counts and min(counts) < need:
+        c = counts.index(min(counts))
+        what = f"IPC x factor^2 = {need}" if d.init == "rded" else f"IPC = {need}"
+        raise UserError(
+            f"--set distill.ipc={d.ipc}: class {c} has {min(counts)} training images, fewer than {what} "
+            "(lower distill.ipc or distill.factor)"
+        )
+
+
+def _evaluate(cfg: Config, stages: tuple[str, ...]) -> None:
+    names = [*cfg.evaluate.label_sources, *(cfg.evaluate.baseline_sources if "distill" in stages else [])]
+    if any(n.split("+")[0] in PROJECTOR_SOURCES for n in names):
+        check_base(cfg.projector)
+
+
+NEEDS: dict[str, Callable[[Config, tuple[str, ...]], None]] = {
+    "teachers": _teachers,
+    "projector": _projector,
+    "distill": _distill,
+    "evaluate": _evaluate,
+}
+
+
+def check_plan(command: str, cfgs: list[Config]) -> None:
+    """Every need of every stage ``command`` runs, for every config; the first unmet one is its one line."""
+    stages = COMMAND_STAGES.get(command, ())
+    for cfg in cfgs:
+        for stage in stages:
+            NEEDS[stage](cfg, stages)
