@@ -157,7 +157,7 @@ def test_a_pretrained_base_needs_its_own_checkpoint(exported, tmp_path, capsys):
     refuses any other (one line, exit code 2 through `hellodd verify`)."""
     import open_clip
 
-    from hellodd.projector.bases import _register_model_configs
+    from hellodd.projector.clip import _register_model_configs
 
     out, _ = exported
     _register_model_configs()

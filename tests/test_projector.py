@@ -16,7 +16,7 @@ from hellodd.projector import (
     prompt_templates,
     save_adapters,
 )
-from hellodd.projector.bases import _register_model_configs
+from hellodd.projector.clip import _register_model_configs
 from hellodd.projector.transfer import agreement
 
 TINY = "clip:hellodd-RN-tiny"
@@ -260,7 +260,7 @@ def test_folded_same_padding_gives_the_same_features(size):
     package's network at the demo's 64 px and at sizes of other parity; building draws no random numbers."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from hellodd.projector.bases import EfficientNetFeatures, fold_same_padding
+    from hellodd.projector.efficientnet import EfficientNetFeatures, fold_same_padding
 
     def pads(m):
         return sum(isinstance(x, torch.nn.ZeroPad2d) for x in m.modules())
@@ -296,7 +296,8 @@ def test_efficientnet_bases_load_their_packaged_imagenet_weights(tmp_path, base)
     """Each EfficientNet-Lite base loads its own package's weights (hash recorded), caches its mapped head under
     a name of its own, and labels images; Lite0's weights id keeps the name existing caches were written with."""
     from hellodd.io import sha256
-    from hellodd.projector.bases import EFFICIENTNET_BASES, _efficientnet_weights, head_file, weights_id
+    from hellodd.projector.bases import head_file, weights_id
+    from hellodd.projector.efficientnet import EFFICIENTNET_BASES, _efficientnet_weights
 
     p = build_base(ProjectorConfig(base=base, image_size=64), CLASSES, cache_dir=tmp_path)
     assert p.info["pretrained"] and p.info["weights_sha256"] == sha256(_efficientnet_weights(base))

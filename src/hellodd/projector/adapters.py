@@ -13,6 +13,7 @@ safetensors file whose metadata says how to rebuild the base.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from torch import nn
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
-from hellodd.projector.bases import Projector, build_base, fold_same_padding
+from hellodd.projector.bases import Projector, build_base
+from hellodd.projector.efficientnet import fold_same_padding
 
 FORMAT = "hellodd-projector-v1"
 
@@ -45,7 +47,7 @@ def lora_targets(p: Projector, frozen_depth: float = 0.0) -> list[str]:
 
 def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: float = 0.0) -> list[str]:
     """Inject peft LoRA in place (encoder rank r_e, head rank r_h); only LoRA factors are trainable."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model  # lazy: a heavy import, needed once per build
 
     targets = lora_targets(p, frozen_depth) if encoder_rank > 0 else []
     if head_rank > 0:
@@ -144,9 +146,7 @@ def load_projector(
 
 def merged_for_inference(p: Projector) -> Projector:
     """A copy with every LoRA update merged into its base weights and the pads folded into the convolutions
-    (:func:`~hellodd.projector.bases.fold_same_padding`): less than the base's cost per forward, no autograd."""
-    import copy
-
+    (:func:`~hellodd.projector.efficientnet.fold_same_padding`): less than the base's cost per forward, no autograd."""
     from peft.tuners.lora import LoraLayer
 
     q = copy.deepcopy(getattr(p, "module", p))

@@ -1,0 +1,195 @@
+"""CLIP bases (``clip:<open_clip architecture>``): an open_clip image tower, its head CLIP's zero-shot classifier.
+
+``W0``: per class, the 7 prompts of CLIP's ensemble are encoded, L2-normalised, averaged and normalised
+again; ``s = exp(logit_scale)``, ``b0 = 0``.  With no adapter the projector *is* CLIP's zero-shot
+classifier (tested against open_clip), so the head costs no storage.  Weights come from a local file
+(``--clip-checkpoint``; open_clip or OpenAI format) or, with ``projector.random_init``, from the seed
+``projector.base_seed`` (the seed is the whole storage).  Nothing is downloaded.  The attention pool is
+rewritten to call its projections (so LoRA on them applies) and resized to the projector's input.
+
+open_clip is imported inside these functions: its import costs about as much as torch's, and only CLIP
+bases need it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hellodd.config import ProjectorConfig
+from hellodd.errors import UserError
+from hellodd.io import load_tensors, save_tensors, sha256
+from hellodd.projector.model import Projector, cache_key
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def prompt_templates() -> tuple[str, ...]:
+    """CLIP's 7-prompt ensemble, as listed in the supplement A.3 (open_clip's SIMPLE_IMAGENET_TEMPLATES)."""
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+
+    return tuple(t("{}") if callable(t) else t for t in SIMPLE_IMAGENET_TEMPLATES)
+
+
+def _register_model_configs() -> None:
+    import open_clip
+
+    folder = resources.files("hellodd") / "model_configs"
+    open_clip.add_model_config(str(folder))
+
+
+def _attnpool_forward(self, x):
+    """open_clip AttentionPool2d with the same math, but calling q/k/v/c_proj so LoRA on them applies."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h * w).permute(0, 2, 1)  # N, HW, C
+    x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+    x = x + self.positional_embedding[None].to(x.dtype)
+    heads = self.num_heads
+    q = self.q_proj(x[:, :1]).reshape(n, 1, heads, -1).transpose(1, 2)
+    k = self.k_proj(x).reshape(n, h * w + 1, heads, -1).transpose(1, 2)
+    v = self.v_proj(x).reshape(n, h * w + 1, heads, -1).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, 1, -1)
+    return self.c_proj(out)[:, 0]
+
+
+def _patch_attention_pools(module: nn.Module) -> int:
+    from open_clip.modified_resnet import AttentionPool2d
+
+    count = 0
+    for m in module.modules():
+        if isinstance(m, AttentionPool2d):
+            m.forward = types.MethodType(_attnpool_forward, m)
+            count += 1
+    return count
+
+
+def _resize_attnpool(visual, image_size: int) -> None:
+    """Interpolate a ModifiedResNet attention-pool position table to another input size (bicubic)."""
+    pool = getattr(visual, "attnpool", None)
+    if pool is None:
+        return
+    pe = pool.positional_embedding.data
+    old = int(math.isqrt(pe.shape[0] - 1))
+    new = max(1, image_size // 32)
+    if old == new:
+        return
+    grid = pe[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    pool.positional_embedding = nn.Parameter(
+        torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)])
+    )
+
+
+class _DropRecords(logging.Filter):
+    """Drops a dependency's log records that start with ``prefix`` (noise in a run's log)."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def check_clip(pcfg: ProjectorConfig) -> None:
+    """One line for a CLIP base that cannot be built: an architecture open_clip does not know, no weights
+    (nothing is downloaded), a checkpoint that is not there.  Reads no weights."""
+    import open_clip
+
+    arch = pcfg.base[5:]
+    _register_model_configs()
+    if arch not in open_clip.list_models():
+        raise UserError(f"--set projector.base=clip:{arch}: open_clip has no architecture {arch!r}")
+    ckpt = pcfg.checkpoint
+    if not ckpt and not pcfg.random_init:
+        raise UserError(
+            f"projector base clip:{arch} needs weights: pass --clip-checkpoint PATH (a local open_clip or OpenAI "
+            "checkpoint; nothing is downloaded) or --set projector.random_init=true"
+        )
+    if ckpt and not pcfg.random_init and not Path(ckpt).is_file():
+        raise UserError(f"--clip-checkpoint {ckpt}: file not found")
+
+
+def _load_clip(arch: str, pcfg: ProjectorConfig):
+    import open_clip
+
+    check_clip(pcfg)
+    ckpt = pcfg.checkpoint
+    torch.manual_seed(pcfg.base_seed)
+    root = logging.getLogger()
+    quiet = _DropRecords("No pretrained weights loaded")  # we load (or seed) the weights ourselves, below
+    root.addFilter(quiet)
+    try:
+        model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    finally:
+        root.removeFilter(quiet)
+    if ckpt and not pcfg.random_init:
+        try:
+            open_clip.load_checkpoint(model, ckpt, strict=True)
+        except Exception as first:
+            try:  # an OpenAI release file (TorchScript archive or its state dict)
+                model = open_clip.load_openai_model(ckpt, device="cpu", jit=False).float()
+            except Exception:
+                raise UserError(
+                    f"--clip-checkpoint {ckpt}: does not fit clip:{arch} ({str(first).splitlines()[0][:200]})"
+                ) from None
+    return model.float().eval()
+
+
+def clip_head_file(arch: str, weights_id: str, classes: list[str]) -> str:
+    key = cache_key(arch=arch, weights=weights_id, classes=classes, templates=prompt_templates())
+    return f"text-head-{key}.safetensors"
+
+
+def _clip_text_head(
+    model, arch: str, classes: list[str], weights_id: str, cache_dir: Path | None
+) -> torch.Tensor:
+    """[C, D] zero-shot classifier rows, cached on disk per (architecture, weights, classes, prompts)."""
+    import open_clip
+
+    templates = prompt_templates()
+    path = cache_dir / clip_head_file(arch, weights_id, classes) if cache_dir else None
+    if path is not None and path.is_file():
+        return load_tensors(path)[0]["weight"]
+    tokenizer = open_clip.get_tokenizer(arch)
+    w = open_clip.build_zero_shot_classifier(model, tokenizer, classes, templates, num_classes_per_batch=10)
+    if path is not None:
+        save_tensors(path, {"weight": w.T.contiguous()}, {"arch": arch, "classes": classes})
+    return w.T.contiguous()
+
+
+def build_clip(
+    pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None, text_head: bool
+) -> Projector:
+    arch = pcfg.base[5:]
+    model = _load_clip(arch, pcfg)
+    ckpt_sha = sha256(pcfg.checkpoint) if pcfg.checkpoint and not pcfg.random_init else None
+    wid = ckpt_sha or f"seed:{pcfg.base_seed}"
+    head = (
+        _clip_text_head(model, arch, classes, wid, cache_dir)
+        if text_head
+        else torch.zeros(len(classes), model.visual.output_dim)
+    )
+    scale = float(model.logit_scale.detach().exp())
+    visual = model.visual
+    _patch_attention_pools(visual)
+    _resize_attnpool(visual, pcfg.image_size)
+    info = {
+        "base": pcfg.base,
+        "pretrained": ckpt_sha is not None,
+        "checkpoint": pcfg.checkpoint or None,
+        "checkpoint_sha256": ckpt_sha,
+        "head_init": "clip-text-embeddings (7 prompts)",
+        "head_file": clip_head_file(arch, wid, classes),
+    }
+    return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)

@@ -1,0 +1,70 @@
+"""The projector as a module: a frozen image encoder and a linear head over the classes (supplement A.3).
+
+    u(x)     = E(x)                                  frozen pretrained image encoder, D-dim features
+    g(x)     = s * n(u(x)) @ (W0 + dW)^T + b0        logits over the C classes
+    n(u)     = u / ||u||   (CLIP bases)   or   u   (bases without a text tower)
+
+Each base (:mod:`.clip`, :mod:`.efficientnet`) builds one from its encoder and its head's start;
+:mod:`.bases` picks the base by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hellodd.augment import resize
+
+
+def cache_key(**parts) -> str:
+    """A short digest naming a cached head initialisation by everything it was derived from."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class Projector(nn.Module):
+    """Frozen encoder + head; ``forward`` and ``encode`` take [0,1] images of any channels/size."""
+
+    def __init__(
+        self, encoder, head_weight, head_bias, scale, normalize, image_size, mean, std, classes, info
+    ):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(head_weight.shape[1], head_weight.shape[0], bias=head_bias is not None)
+        with torch.no_grad():
+            self.head.weight.copy_(head_weight)
+            if head_bias is not None:
+                self.head.bias.copy_(head_bias)
+        self.register_buffer("scale", torch.tensor(float(scale)), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.normalize, self.image_size, self.classes, self.info = normalize, image_size, list(classes), info
+        self.requires_grad_(False)
+        # channels-last convolution weights (activations follow): EfficientNet-Lite's depthwise layers run
+        # faster per LoRA training step and per eager labelling batch on a CPU (docs/performance.md)
+        self.encoder.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen BatchNorm statistics: nothing but the LoRA factors is state
+        return self
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = resize(x, self.image_size)
+        if x.shape[1] == 1:  # grey after the resize: one channel resampled, not three identical ones
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """u(x): image-encoder features before normalisation, [N, D]."""
+        return self.encoder(self.prepare(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.encode(x)
+        if self.normalize:
+            u = F.normalize(u, dim=-1)
+        return self.scale * self.head(u)
