@@ -47,7 +47,7 @@ def _launcher_counts() -> tuple[int, int] | None:
 
 def make_fabric(cfg: EngineConfig):
     """Create and launch Fabric; returns it with the seed set (same on every rank)."""
-    from lightning_fabric import Fabric
+    from lightning_fabric import Fabric  # lazy: a heavy import, needed only to run a stage
 
     devices, nodes = cfg.devices, cfg.num_nodes
     declared = _launcher_counts()
@@ -91,7 +91,7 @@ def solo(fabric, precision: str):
     only.  With one process, ``fabric`` itself."""
     if fabric.world_size == 1:
         return fabric
-    from lightning_fabric import Fabric
+    from lightning_fabric import Fabric  # lazy: a heavy import, needed only to run a stage
 
     device = fabric.device
     one = Fabric(
@@ -158,7 +158,7 @@ def stop_requested(fabric=None) -> bool:
     every rank).  A loop that sees True writes its checkpoint and raises :class:`Preempted`."""
     flag = _STOP["signal"] is not None
     if fabric is not None and fabric.world_size > 1:
-        import torch.distributed as dist
+        import torch.distributed as dist  # only with several processes
 
         t = torch.tensor([float(flag)], device=fabric.device)
         flag = bool(fabric.all_reduce(t, reduce_op=dist.ReduceOp.MAX).item())
@@ -179,7 +179,7 @@ class FrozenCompiled(nn.Module):
         self.compiled = torch.compile(model)
 
     def forward(self, *args, **kwargs):
-        import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config  # only when compiling
 
         with inductor_config.patch(freezing=True):  # (re)compiles inside this model's calls see it
             return self.compiled(*args, **kwargs)
@@ -372,7 +372,7 @@ def progress(fabric, iterable=None, **kwargs):
     """A tqdm bar on rank 0 only (none with ``HELLODD_NO_PROGRESS=1``).  When stderr is not a terminal (a log
     file): :class:`LogProgress` lines for a stage's bar, nothing for the short nested ones (``leave=False``:
     validation passes, single student runs), so a log reads as a log."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # only when a bar is shown
 
     off = (
         not fabric.is_global_zero

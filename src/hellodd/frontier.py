@@ -122,7 +122,7 @@ def table(entries: list[dict], whole: dict) -> str:
 
 
 def plot(entries: list[dict], whole: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: a heavy import, needed only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

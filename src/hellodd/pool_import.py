@@ -69,7 +69,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
     """The state dict in a checkpoint file and the references' ``epoch`` field if it has one."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # only for .safetensors checkpoints
 
             obj = load_file(str(path))
         else:

@@ -68,7 +68,7 @@ IPC_SETTINGS: dict[str, tuple[tuple[int, dict[str, typing.Any]], ...]] = {
                 "distill.adapt_lr_scale": 2.0,
                 "distill.candidates_per_class": 100,  # RDED needs more candidates than IPC x factor^2
                 # five times IPC 10's student iterations: the sources the paper's table needs, so that
-                # `hellodd run --ipc 1 10 50` fits in 90 minutes on the 2-core machine
+                # `hellodd run --ipc 1 10 50` fits its time budget on the 2-core machine (docs/performance.md)
                 "evaluate.label_sources": ["hard", "teacher", "stored", "projector"],
                 "evaluate.baseline_sources": ["hard", "projector"],
             },
@@ -100,7 +100,7 @@ def _window_pool(preset_name: str, epochs: float) -> list[float]:
 
 
 def _fashion_mnist() -> Config:
-    """Laptop demo: every stage on a 2-core CPU in about 20 minutes, on real Fashion-MNIST."""
+    """Laptop demo: every stage on a 2-core CPU, on real Fashion-MNIST (docs/performance.md for its time)."""
     return Config(
         preset="fashion-mnist",
         out="runs/fashion-mnist",

@@ -147,7 +147,7 @@ def load_projector(
 def merged_for_inference(p: Projector) -> Projector:
     """A copy with every LoRA update merged into its base weights and the pads folded into the convolutions
     (:func:`~hellodd.projector.efficientnet.fold_same_padding`): less than the base's cost per forward, no autograd."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # lazy: see add_adapters
 
     q = copy.deepcopy(getattr(p, "module", p))
     for m in q.modules():
