@@ -257,7 +257,7 @@ def test_teacher_logits_from_models_or_one_averaging_module():
 def test_folded_same_padding_gives_the_same_features(size):
     """EfficientNet-Lite's pad-then-convolve layers become plain convolutions: the 12 symmetric (stride-1)
     ones when the base is built, the 5 stride-2 ones, with a zero tap, for inference.  Same features as the
-    package's network at the demo's 64 px and at sizes of other parity; building draws no random numbers."""
+    package's network at 64 and 96 px (the demo's) and at a size of other parity; building draws no random numbers."""
     from efficientnet_lite_pytorch import EfficientNet
 
     from hellodd.projector.efficientnet import EfficientNetFeatures, fold_same_padding
