@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hellodd.config import Config
+from hellodd.config import Config, split_source
 from hellodd.data import train_class_counts
 from hellodd.errors import UserError
 from hellodd.io import read_json
@@ -76,7 +76,7 @@ def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
 
 def _evaluate(cfg: Config, stages: tuple[str, ...]) -> None:
     names = [*cfg.evaluate.label_sources, *(cfg.evaluate.baseline_sources if "distill" in stages else [])]
-    if any(n.split("+")[0] in PROJECTOR_SOURCES for n in names):
+    if any(split_source(n)[0] in PROJECTOR_SOURCES for n in names):
         check_base(cfg.projector)
 
 

@@ -123,8 +123,7 @@ def check_clip(pcfg: ProjectorConfig) -> None:
 def _load_clip(arch: str, pcfg: ProjectorConfig):
     import open_clip
 
-    check_clip(pcfg)
-    ckpt = pcfg.checkpoint
+    ckpt = pcfg.checkpoint  # checked by check_base before any build
     torch.manual_seed(pcfg.base_seed)
     root = logging.getLogger()
     quiet = _DropRecords("No pretrained weights loaded")  # we load (or seed) the weights ourselves, below
