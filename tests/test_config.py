@@ -225,10 +225,12 @@ def test_dict_round_trip_and_unknown_keys():
 
 def test_demo_settings_follow_the_ipc_and_explicit_overrides_win():
     at10 = C.preset("fashion-mnist")
-    assert at10.distill.ipc == 10 and at10.distill.adapt_steps == 600 and at10.projector.teacher_epochs
+    assert at10.distill.ipc == 10 and at10.distill.adapt_steps == 1200 and at10.projector.teacher_epochs
+    assert at10.distill.adapt_batch == 25 and at10.evaluate.baseline_sources == ["hard", "projector"]
     at1 = C.apply_overrides(C.preset("fashion-mnist"), ["distill.ipc=1"])
     want1 = C.ipc_settings("fashion-mnist", 1)
     assert at1.distill.adapt_steps == want1["distill.adapt_steps"] != at10.distill.adapt_steps
+    assert at1.distill.adapt_batch == 0  # an IPC-1 set's 10 images per step, as the students see them
     mine = C.apply_overrides(C.preset("fashion-mnist"), ["distill.adapt_steps=7", "distill.ipc=1"])
     assert mine.distill.adapt_steps == 7  # set by the user: the IPC's row does not replace it
     assert mine.distill.adapt_lr_scale == want1["distill.adapt_lr_scale"]

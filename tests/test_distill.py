@@ -154,6 +154,31 @@ def test_view_adaptation_brings_the_projector_closer_to_its_teachers(run, tmp_pa
     load_projector(tmp_path / "adapters.safetensors", cache_dir=run / "cache")  # rebuilds from the file alone
 
 
+def test_view_adaptation_takes_its_own_batch_of_views(run, tmp_path):
+    from hellodd import engine
+    from hellodd.config import apply_overrides, preset
+    from hellodd.data import load_data
+    from hellodd.distill import adapt_projector
+    from hellodd.io import load_tensors
+
+    images, labels, _ = read_set(run / "distill" / "ipc2-rded-update")
+    results = {}
+    for batch in (0, 3):
+        over = [
+            f"out={run}",
+            "distill.adapt_steps=4",
+            "distill.adapt_checks=0",
+            f"distill.adapt_batch={batch}",
+        ]
+        cfg = apply_overrides(preset("synthetic"), over)
+        out = tmp_path / str(batch)
+        m = adapt_projector(cfg, engine.make_fabric(cfg.engine), images, labels, load_data(cfg.data), out)
+        results[batch] = (m["views_per_step"], load_tensors(out / "adapters.safetensors")[0])
+    assert results[0][0] == min(len(images), preset("synthetic").evaluate.batch_size) != 3
+    assert results[3][0] == 3
+    assert any(not torch.equal(results[0][1][k], results[3][1][k]) for k in results[0][1])
+
+
 def test_a_collapsing_view_adaptation_goes_back_to_its_best_adapters(run, tmp_path):
     """At 100x the transfer's rates the adaptation diverges; its checks put the best adapters back and halve
     the rates, so what it writes is within the tolerance of the best it saw on the selection views."""

@@ -166,6 +166,8 @@ class DistillConfig:
     # checks on selection views over the view adaptation's budget: a check clearly worse than the best so far
     # (a collapse) puts the best adapters back and halves the rates (0 = no checks)
     adapt_checks: int = 10
+    # views per view-adaptation step (0 = evaluate.batch_size, the students' batch)
+    adapt_batch: int = 0
 
 
 @dataclass

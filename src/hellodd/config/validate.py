@@ -86,6 +86,7 @@ def validate(cfg: Config) -> None:
         (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (0 < cfg.distill.adapt_lr_scale <= 100, "distill.adapt_lr_scale", "in (0, 100]"),
         (cfg.distill.adapt_checks >= 0, "distill.adapt_checks", "0 (no checks) or more"),
+        (cfg.distill.adapt_batch >= 0, "distill.adapt_batch", "0 (the students' batch size) or more"),
         (
             all(map(is_label_source, cfg.evaluate.label_sources)) and cfg.evaluate.label_sources,
             "evaluate.label_sources",

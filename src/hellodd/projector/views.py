@@ -53,8 +53,8 @@ def adapt_to_views(
     the demo's projector copies its teachers far more loosely (docs/method.md).  This step trains the same
     adapters (same loss, teachers and optimiser settings) for ``distill.adapt_steps`` batches of such views
     (learning rates x ``distill.adapt_lr_scale``), drawn from a stream of the evaluation's augmentation
-    (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``, ``evaluate.batch_size``) with its own seed, so
-    never the students' exact batches.  The CE target is the CutMix-mixed one-hot label.
+    (``evaluate.crop_min_scale``, ``evaluate.cutmix_alpha``) with its own seed, so never the students' exact
+    batches; ``distill.adapt_batch`` views per step (0: ``evaluate.batch_size``, the students' batch).  The CE target is the CutMix-mixed one-hot label.
 
     It cannot silently collapse: ``distill.adapt_checks`` times over the budget (and before the first step)
     the logit MSE to the teachers is measured on a *selection* stream of about 300 views of its own, and the
@@ -84,9 +84,12 @@ def adapt_to_views(
         teacher_models = engine.compile_frozen(teacher_models)
     num_classes = len(proj.classes)
 
-    train, select, held = (
-        student_stream(cfg.evaluate, images, s + cfg.engine.seed)
-        for s in (ADAPT_STREAM_SEED, SELECT_STREAM_SEED, HELD_OUT_STREAM_SEED)
+    ev = cfg.evaluate
+    train = student_stream(
+        replace(ev, batch_size=d.adapt_batch or ev.batch_size), images, ADAPT_STREAM_SEED + cfg.engine.seed
+    )
+    select, held = (
+        student_stream(ev, images, s + cfg.engine.seed) for s in (SELECT_STREAM_SEED, HELD_OUT_STREAM_SEED)
     )
     probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
     select_batches = max(1, -(-300 // select.batch))  # about 300 selection views
@@ -106,13 +109,12 @@ def adapt_to_views(
         if d.adapt_checks
         else []
     )
-    ev = cfg.evaluate
     key = {  # everything the adapted adapters depend on: a state made from anything else is not resumed
         "total": total,
         "adapted_from": source,
         "images": images_sha,
         "optimiser": [pcfg.lr, pcfg.head_lr, pcfg.weight_decay, pcfg.ce_weight],
-        "views": [cfg.engine.seed, ev.batch_size, ev.crop_min_scale, ev.cutmix_alpha],
+        "views": [cfg.engine.seed, d.adapt_batch or ev.batch_size, ev.crop_min_scale, ev.cutmix_alpha],
         "checks": [checks, REGRESSION_TOLERANCE],
     }
 
@@ -186,6 +188,7 @@ def adapt_to_views(
     fabric.barrier()
     return {
         "steps": total,
+        "views_per_step": train.batch * fabric.world_size,
         "kept_step": extra["kept_step"],
         "seconds": seconds,
         "held_out_views": probe_batches * held.batch,
