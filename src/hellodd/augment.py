@@ -117,21 +117,26 @@ def apply_crops(x: torch.Tensor, p: CropParams, size: int | None = None) -> torc
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation by name: none | flip | crop-flip | rrc-flip (float input, same size out)."""
-    n = x.shape[0]
+def sample_augment(n: int, mode: str, generator: torch.Generator, device="cpu") -> CropParams | None:
+    """The views of a training augmentation by name (none | flip | crop-flip | rrc-flip); None for none."""
     if mode == "none":
-        return x
+        return None
     if mode == "flip":
-        p = identity_crops(n, x.device)
-        p.flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        p = identity_crops(n, device)
+        p.flip = (torch.rand(n, generator=generator) < 0.5).to(device)
     elif mode == "crop-flip":
-        p = sample_shifts(n, generator, max_shift=1 / 8, device=x.device)
+        p = sample_shifts(n, generator, max_shift=1 / 8, device=device)
     elif mode == "rrc-flip":
-        p = sample_crops(n, generator, device=x.device)
+        p = sample_crops(n, generator, device=device)
     else:
         raise ValueError(f"unknown augmentation {mode!r}")
-    return apply_crops(x, p)
+    return p
+
+
+def augment(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Training augmentation by name: none | flip | crop-flip | rrc-flip (float input, same size out)."""
+    p = sample_augment(x.shape[0], mode, generator, x.device)
+    return x if p is None else apply_crops(x, p)
 
 
 @dataclass

@@ -174,8 +174,20 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
-    root = Path(cfg.root)
+def fashion_mnist_files(root: Path) -> list[Path]:
+    """The four IDX files under ``root`` (found, not read), or the one line that says which is missing."""
+    if not root.is_dir():
+        raise UserError(f"--data {root}: folder not found")
+    return [
+        _find_idx(root, f"{prefix}-{kind}-idx{n}-ubyte")
+        for prefix in ("train", "t10k")
+        for kind, n in (("images", 3), ("labels", 1))
+    ]
+
+
+def fashion_mnist_splits(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The four IDX files under ``root``, checked: ``{"train": (uint8 [N, 1, 28, 28], int64 [N]), "val": ...}``
+    (val = the test split)."""
     if not root.is_dir():
         raise UserError(f"--data {root}: folder not found")
     splits = {}
@@ -190,8 +202,19 @@ def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
             raise UserError(
                 f"--data {root}: {prefix} labels go up to {labels.max()}, Fashion-MNIST has 10 classes"
             )
-        x = _resize(torch.from_numpy(imgs.copy()).unsqueeze(1), cfg.image_size)
-        splits[split] = TensorImages(x, torch.from_numpy(labels.astype(np.int64)))
+        splits[split] = (
+            torch.from_numpy(imgs.copy()).unsqueeze(1),
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+    return splits
+
+
+def load_fashion_mnist(cfg: DataConfig) -> DataBundle:
+    root = Path(cfg.root)
+    splits = {
+        split: TensorImages(_resize(x, cfg.image_size), y)
+        for split, (x, y) in fashion_mnist_splits(root).items()
+    }
     return DataBundle(
         splits["train"], splits["val"], list(FASHION_MNIST_CLASSES), 1, cfg.image_size, str(root)
     )

@@ -17,6 +17,7 @@ from hellodd.errors import UserError
 from hellodd.io import read_json
 from hellodd.layout import pool_index_path
 from hellodd.projector.bases import check_base
+from hellodd.tasks import task_of
 
 # the stages each command runs, in order
 COMMAND_STAGES = {
@@ -39,8 +40,18 @@ def _pool_epochs(cfg: Config, stages: tuple[str, ...]) -> list[float] | None:
     return [c["epoch"] for c in read_json(path)["checkpoints"]] if path.is_file() else None
 
 
+def _task(cfg: Config, stages: tuple[str, ...]) -> None:
+    task = task_of(cfg.data)
+    missing = [s for s in stages if s not in task.stages]
+    if missing:
+        raise UserError(
+            f"--set data.name={cfg.data.name}: the {task.name} task has no {missing[0]} stage yet "
+            f"(it runs: {', '.join(task.stages)})"
+        )
+
+
 def _teachers(cfg: Config, stages: tuple[str, ...]) -> None:
-    train_class_counts(cfg.data)  # the data is where the config says, with a train/ split
+    task_of(cfg.data).check(cfg.data)  # the data is where the config says, with its splits
 
 
 def _projector(cfg: Config, stages: tuple[str, ...]) -> None:
@@ -92,5 +103,6 @@ def check_plan(command: str, cfgs: list[Config]) -> None:
     """Every need of every stage ``command`` runs, for every config; the first unmet one is its one line."""
     stages = COMMAND_STAGES.get(command, ())
     for cfg in cfgs:
+        _task(cfg, stages)
         for stage in stages:
             NEEDS[stage](cfg, stages)

@@ -11,11 +11,12 @@ from hellodd.layout import RESULTS_MD, distilled_dir, evaluate_dir, projector_pa
 
 def stage_line(stage: str, r: dict) -> str:
     """The one-line result of a stage, from the metrics it returned."""
-    if stage == "teachers" and "final_val_top1" in r:
-        accs = ", ".join(f"{p['epoch']:g}:{p['top1']:.1f}" for p in r["pool"])
+    metric, name = r.get("metric", "top1"), r.get("metric_name", "top-1")
+    if stage == "teachers" and r.get(f"final_val_{metric}") is not None:
+        accs = ", ".join(f"{p['epoch']:g}:{p[metric]:.1f}" for p in r["pool"])
         return (
-            f"teachers {r['arch']}: final val top-1 {r['final_val_top1']:.2f}% in {r['seconds']:.0f} s; "
-            f"pool (epoch:top-1) {accs}"
+            f"teachers {r['arch']}: final val {name} {r[f'final_val_{metric}']:.2f}% in {r['seconds']:.0f} s; "
+            f"pool (epoch:{name}) {accs}"
         )
     return r.get("summary", "")
 

@@ -26,18 +26,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from hellodd import engine
-from hellodd.augment import augment, to_float
+from hellodd.augment import to_float
 from hellodd.config import Config
-from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import check_sha256, read_json, sha256, write_json
 from hellodd.layout import FINAL_FILE, POOL_INDEX, STATE_FILE, pool_file, pool_index_path, stage_dir
-from hellodd.models import build_model, count_parameters, save_classifier
+from hellodd.models import count_parameters, save_classifier
 from hellodd.records import peak_memory_mib, write_config, write_results
 from hellodd.resume import ResumePoint
+from hellodd.tasks import task_of
 
 
 def checkpoint_steps(epochs: list[float], spe: int) -> dict[int, float]:
@@ -81,14 +80,15 @@ def write_pool_index(out: Path, arch: str, entries: list[dict], **extra) -> None
 def train_teachers(cfg: Config, fabric) -> dict:
     t = cfg.teacher
     out = stage_dir(cfg, "teachers")
-    bundle = load_data(cfg.data, cfg.engine.seed)
+    task = task_of(cfg.data)
+    bundle = task.load(cfg.data, cfg.engine.seed)
     world = fabric.world_size
     spe = engine.steps_per_epoch(len(bundle.train), t.batch_size, world)
     total = max(1, round(t.epochs * spe))
     ckpt_steps = checkpoint_steps(t.pool_epochs, spe)
     ckpt_steps.setdefault(total, t.epochs)
 
-    model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
+    model = task.build(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
     opt = teacher_optimizer(model, t)
     step, pool, history = 0, [], []
     key = {  # what the trajectory depends on: a state made from anything else is not resumed
@@ -123,11 +123,11 @@ def train_teachers(cfg: Config, fabric) -> dict:
         for x, y in dl:
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step, spe)
-            x = augment(
-                to_float(x), t.augment, engine.step_generator(cfg.engine.seed, step, fabric.global_rank)
+            x, y = task.augment(
+                to_float(x), y, t.augment, engine.step_generator(cfg.engine.seed, step, fabric.global_rank)
             )
             with fabric.autocast():
-                loss = nn.functional.cross_entropy(model(x), y)
+                loss = task.loss(model(x), y)
             opt.zero_grad(set_to_none=True)
             fabric.backward(loss)
             opt.step()
@@ -140,17 +140,18 @@ def train_teachers(cfg: Config, fabric) -> dict:
             if step in ckpt_steps or at_epoch_end or step == total or stop:
                 if step in ckpt_steps:
                     e = ckpt_steps[step]
-                    val = engine.evaluate(fabric, model, bundle.val, t.eval_batch_size, desc="val")
+                    val = task.evaluate(fabric, model, bundle.val, bundle.classes, t.eval_batch_size)
                     entry = {
                         "epoch": e,
                         "step": step,
                         "file": pool_file(e),
-                        **{k: val[k] for k in ("top1", "top5", "loss")},
+                        **{k: val[k] for k in task.scores},
                     }
                     pool = [p for p in pool if p["step"] != step] + [entry]
                     if fabric.is_global_zero:
                         save_classifier(out / entry["file"], model, epoch=e, step=step, val=val)
-                        fabric.print(f"teachers: epoch {e:g} (step {step}) val top-1 {val['top1']:.2f}%")
+                        score = f"{task.metric_name} {val[task.metric]:.2f}%"
+                        fabric.print(f"teachers: epoch {e:g} (step {step}) val {score}")
                 history.append({"step": step, "loss": float(loss.item())})
                 module = getattr(model, "module", model)
                 state = {"model": module.state_dict(), "optimizer": opt.state_dict(), "step": step}
@@ -165,6 +166,9 @@ def train_teachers(cfg: Config, fabric) -> dict:
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
     rank_checksums = fabric.all_gather(checksum).reshape(-1).tolist()
     metrics = {
+        "task": task.name,
+        "metric": task.metric,
+        "metric_name": task.metric_name,
         "arch": t.arch,
         "params": count_parameters(model),
         "dataset": {
@@ -181,7 +185,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
         "images_per_second": seen / elapsed if elapsed > 0 and seen else None,
         "peak_memory_mib": peak_memory_mib(fabric.device),
         "pool": sorted(pool, key=lambda p: p["step"]),
-        "final_val_top1": final["top1"] if final else None,
+        f"final_val_{task.metric}": final[task.metric] if final else None,
         "rank_weight_checksums": rank_checksums,
         "loss_history": history,
     }
@@ -197,7 +201,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
         write_pool_index(
             out,
             t.arch,
-            [{k: p[k] for k in ("epoch", "step", "file", "top1", "top5")} for p in metrics["pool"]],
+            [{k: p[k] for k in ("epoch", "step", "file", *task.scores[:2])} for p in metrics["pool"]],
         )
         write_results(out, metrics, storage)
     fabric.barrier()
@@ -206,7 +210,8 @@ def train_teachers(cfg: Config, fabric) -> dict:
 
 def describe_pool(pool: dict) -> str:
     rows = [
-        f"  epoch {p['epoch']:>7g}  val top-1 {p['top1']:6.2f}%  {Path(p['file']).name}"
+        f"  epoch {p['epoch']:>7g}  val {'mIoU' if 'miou' in p else 'top-1'} {p.get('miou', p.get('top1')):6.2f}%  "
+        f"{Path(p['file']).name}"
         for p in pool["checkpoints"]
     ]
     return "\n".join(rows)

@@ -10,7 +10,9 @@ from hellodd.config.schema import (
     ADAPTER_DTYPES,
     LABEL_REFINEMENTS,
     LABEL_SOURCES,
+    SEGMENTATION_DATA,
     TORCHVISION_ARCHS,
+    TORCHVISION_SEGMENTERS,
     Config,
     DataConfig,
     DistillConfig,
@@ -20,12 +22,16 @@ from hellodd.config.schema import (
     TeacherConfig,
     is_architecture,
     is_label_source,
+    is_segmenter,
     split_source,
 )
 from hellodd.config.validate import validate
 
 __all__ = [
     "ADAPTER_DTYPES",
+    "SEGMENTATION_DATA",
+    "TORCHVISION_SEGMENTERS",
+    "is_segmenter",
     "FASHION_MNIST_DEBIAN",
     "IPC_SETTINGS",
     "LABEL_REFINEMENTS",

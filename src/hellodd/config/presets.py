@@ -185,11 +185,59 @@ def _imagenet(preset: str, head_rank: int) -> Config:
     )
 
 
+def _scenes(name: str, root: str, size: int, train: int, val: int, teacher: TeacherConfig) -> Config:
+    """A segmentation preset on composed scenes (the segmentation task's demo and its test-sized twin)."""
+    return Config(
+        preset=name,
+        out=f"runs/{name}",
+        data=DataConfig(name=name, root=root, image_size=size, scenes_train=train, scenes_val=val),
+        teacher=teacher,
+        engine=EngineConfig(precision="bf16-mixed"),
+        evaluate=EvaluateConfig(students=[teacher.arch]),
+    )
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "fashion-mnist": _fashion_mnist,
     "imagenet-100": lambda: _imagenet("imagenet-100", head_rank=64),
     "imagenet-1k": lambda: _imagenet("imagenet-1k", head_rank=128),
     "places365": lambda: _imagenet("places365", head_rank=128),
+    # segmentation: 64-px scenes of real Fashion-MNIST garments; a small FCN teacher, 4 epochs
+    "fashion-mnist-scenes": lambda: _scenes(
+        "fashion-mnist-scenes",
+        FASHION_MNIST_DEBIAN,
+        64,
+        4000,
+        1000,
+        TeacherConfig(
+            arch="convnet-fcn",
+            epochs=4,
+            batch_size=64,
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=5e-4,
+            lr_step=2,
+            lr_gamma=0.3,
+            pool_epochs=[0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0],
+            augment="flip",
+            eval_batch_size=200,
+        ),
+    ),
+    "synthetic-scenes": lambda: _scenes(
+        "synthetic-scenes",
+        "",
+        16,
+        24,
+        8,
+        TeacherConfig(
+            arch="convnet-fcn-w16",
+            epochs=2,
+            batch_size=8,
+            lr=0.01,
+            pool_epochs=[0.5, 1.0, 1.5],
+            augment="flip",
+        ),
+    ),
     "synthetic": lambda: Config(
         preset="synthetic",
         out="runs/synthetic",

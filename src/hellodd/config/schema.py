@@ -24,7 +24,11 @@ LABEL_SOURCES: tuple[str, ...] = typing.get_args(LabelSourceName)
 Refinement = Literal["gift"]
 LABEL_REFINEMENTS: tuple[str, ...] = typing.get_args(Refinement)
 
-DataName = Literal["fashion-mnist", "imagefolder", "synthetic"]
+DataName = Literal[
+    "fashion-mnist", "imagefolder", "synthetic", "fashion-mnist-scenes", "synthetic-scenes", "voc", "masks"
+]
+# the datasets of the segmentation task (hellodd.tasks): a class map per image
+SEGMENTATION_DATA = ("fashion-mnist-scenes", "synthetic-scenes", "voc", "masks")
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 FloatDtype = Literal["float32", "float16", "bfloat16"]
@@ -53,6 +57,20 @@ def is_architecture(arch: str) -> bool:
     return bool(re.fullmatch(r"convnet(?:-d\d)?(?:-w\d+)?", arch)) or arch in TORCHVISION_ARCHS
 
 
+# torchvision segmentation networks a segmentation teacher or student may be, besides convnet-fcn[-wM]
+TORCHVISION_SEGMENTERS = (
+    "lraspp_mobilenet_v3_large",
+    "deeplabv3_mobilenet_v3_large",
+    "deeplabv3_resnet50",
+    "fcn_resnet50",
+)
+
+
+def is_segmenter(arch: str) -> bool:
+    """Whether :func:`hellodd.segmentation.models.build_segmenter` knows ``arch``."""
+    return bool(re.fullmatch(r"convnet-fcn(?:-w\d+)?", arch)) or arch in TORCHVISION_SEGMENTERS
+
+
 def split_source(name: str) -> tuple[str, str]:
     """``"teacher+gift"`` -> ``("teacher", "gift")``; ``"teacher"`` -> ``("teacher", "")``."""
     base, _, refinement = name.partition("+")
@@ -73,6 +91,9 @@ class DataConfig:
     val_per_class: int = 0  # cap on validation images per class (0 = all)
     synthetic_classes: int = 4  # synthetic only
     synthetic_per_class: int = 24  # synthetic only
+    scenes_train: int = 4000  # fashion-mnist-scenes / synthetic-scenes: train scenes composed
+    scenes_val: int = 1000  # ... and val scenes
+    max_images: int = 0  # voc / masks: the first N images of each split (0 = all)
     workers: int = 0  # DataLoader workers for ImageFolder data (in-memory data always uses 0)
 
 

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from hellodd.config.schema import (
     LABEL_SOURCES,
+    SEGMENTATION_DATA,
     TORCHVISION_ARCHS,
+    TORCHVISION_SEGMENTERS,
     Config,
     is_architecture,
     is_label_source,
+    is_segmenter,
 )
 from hellodd.errors import UserError
 
@@ -109,12 +112,16 @@ def validate(cfg: Config) -> None:
         (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
     ]
     archs = f"convnet, convnet-dN, convnet-dN-wM or one of {', '.join(TORCHVISION_ARCHS)}"
+    known = is_architecture
+    if cfg.data.name in SEGMENTATION_DATA:  # a class map per pixel: segmentation networks only
+        archs = f"convnet-fcn, convnet-fcn-wM or one of {', '.join(TORCHVISION_SEGMENTERS)}"
+        known = is_segmenter
     checks += [
-        (is_architecture(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),
+        (known(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),
         (
-            all(is_architecture(a) for a in cfg.evaluate.students),
+            all(known(a) for a in cfg.evaluate.students),
             "evaluate.students",
-            f"a list of {archs} (not {[a for a in cfg.evaluate.students if not is_architecture(a)]})",
+            f"a list of {archs} (not {[a for a in cfg.evaluate.students if not known(a)]})",
         ),
     ]
     need = cfg.distill.ipc * cfg.distill.factor**2

@@ -1,0 +1,1 @@
+"""Segmentation: dense light labels (scenes and dataset readers, dense views, segmenters, mIoU)."""

@@ -1,0 +1,266 @@
+"""Segmentation building blocks: scenes, dataset readers and their bad inputs, dense views, metrics, models."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hellodd.augment import CropParams, identity_crops, sample_cutmix
+from hellodd.errors import UserError
+from hellodd.segmentation.data import IGNORE, VOC_CLASSES, load_masks_tree, load_scenes, load_voc
+from hellodd.segmentation.metrics import confusion, scores
+from hellodd.segmentation.models import build_segmenter
+from hellodd.segmentation.scenes import INK, SceneSettings, compose, scenes_id, synthetic_garments
+from hellodd.segmentation.views import crop_masks, cutmix_masks
+
+
+def test_scenes_are_seeded_and_a_pixel_is_its_visible_garments():
+    garments, labels = synthetic_garments(3, 6, seed=0)
+    a = compose(garments, labels, 12, SceneSettings(size=32), seed=5)
+    b = compose(garments, labels, 12, SceneSettings(size=32), seed=5)
+    c = compose(garments, labels, 12, SceneSettings(size=32), seed=6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[1], c[1])
+    images, masks = a
+    assert images.shape == (12, 1, 32, 32) and masks.shape == (12, 32, 32) and masks.dtype == torch.uint8
+    assert torch.equal(images[:, 0] > INK, masks > 0)  # ink is a garment's, the rest background
+    assert set(masks.unique().tolist()) <= {0, 1, 2, 3} and len(masks.unique()) > 2
+
+
+def test_a_later_garment_hides_what_it_covers():
+    garments = torch.full((2, 1, 8, 8), 200, dtype=torch.uint8)
+    garments[1] = 100
+    labels = torch.tensor([0, 1])
+    settings = SceneSettings(size=8, min_objects=8, max_objects=8, scale=(1.0, 1.0))
+    images, masks = compose(garments, labels, 20, settings, seed=0)
+    # every pixel shows one garment's value, and its class is that garment's
+    ink = masks > 0
+    assert torch.equal(images[:, 0][ink & (masks == 1)].unique(), torch.tensor([200], dtype=torch.uint8))
+    assert torch.equal(images[:, 0][ink & (masks == 2)].unique(), torch.tensor([100], dtype=torch.uint8))
+
+
+def test_scenes_id_names_version_settings_and_garments():
+    base = scenes_id(SceneSettings(), "abc", 10, 5, 0)
+    assert base.startswith("scenes-v1-")
+    assert (
+        len(
+            {
+                base,
+                scenes_id(SceneSettings(size=32), "abc", 10, 5, 0),
+                scenes_id(SceneSettings(), "abd", 10, 5, 0),
+                scenes_id(SceneSettings(), "abc", 10, 5, 1),
+                scenes_id(SceneSettings(), "abc", 11, 5, 0),
+            }
+        )
+        == 5
+    )
+
+
+def _write_idx(path, array: np.ndarray, images: bool) -> None:
+    header = (2051 if images else 2049).to_bytes(4, "big") + len(array).to_bytes(4, "big")
+    if images:
+        header += array.shape[1].to_bytes(4, "big") + array.shape[2].to_bytes(4, "big")
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_scenes_take_train_garments_for_train_and_test_garments_for_val(tmp_path):
+    for prefix, value in (("train", 90), ("t10k", 210)):
+        ink = np.zeros((6, 28, 28), np.uint8)
+        ink[:, 6:22, 6:22] = value
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", ink, True)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(6) % 10, False)
+    data = load_scenes("fashion-mnist-scenes", str(tmp_path), 48, train=8, val=4, seed=0)
+    assert data.classes[0] == "background" and data.classes[1] == "T-shirt/top" and len(data.classes) == 11
+    # resampling edges blend with the canvas, so only the value of the full-ink interior is checked
+    assert data.train.images.max() <= 90 < data.val.images.max()
+    again = load_scenes("fashion-mnist-scenes", str(tmp_path), 48, train=8, val=4, seed=0)
+    assert again.source == data.source and torch.equal(again.train.masks, data.train.masks)
+    assert (
+        load_scenes("fashion-mnist-scenes", str(tmp_path), 48, train=8, val=4, seed=1).source != data.source
+    )
+
+
+def _palette_png(path, ids: np.ndarray) -> None:
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])
+    im.save(path)
+
+
+def _voc(root, names=("a", "b"), size=(40, 30)):
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+            root / "JPEGImages" / f"{n}.jpg"
+        )
+        ids = np.zeros((size[1], size[0]), np.uint8)
+        ids[5:20, 5:25] = 15  # person
+        ids[4, :] = IGNORE  # a border
+        _palette_png(root / "SegmentationClass" / f"{n}.png", ids)
+    for split in ("train", "val"):
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def test_voc_reads_palette_masks_at_the_image_size_with_ignore_kept(tmp_path):
+    _voc(tmp_path)
+    data = load_voc(tmp_path, 24)
+    assert data.classes == VOC_CLASSES and data.train.images.shape == (2, 3, 24, 24)
+    assert data.train.masks.shape == (2, 24, 24)
+    assert set(data.train.masks.unique().tolist()) == {0, 15, IGNORE}
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda r: _palette_png(r / "SegmentationClass" / "b.png", np.zeros((10, 10))), "mask is 10x10 px"),
+        (
+            lambda r: _palette_png(r / "SegmentationClass" / "b.png", np.full((30, 40), 21)),
+            "class id 21 is outside",
+        ),
+        (lambda r: (r / "SegmentationClass" / "b.png").unlink(), "no mask"),
+        (lambda r: (r / "JPEGImages" / "b.jpg").write_bytes(b"not a jpeg"), "not a readable image"),
+    ],
+)
+def test_bad_segmentation_files_are_named_in_one_line(tmp_path, spoil, message):
+    _voc(tmp_path)
+    spoil(tmp_path)
+    with pytest.raises(UserError, match=message) as e:
+        load_voc(tmp_path, 24)
+    assert "b." in str(e.value) and "\n" not in str(e.value)
+
+
+def test_masks_tree_with_a_classes_file(tmp_path):
+    (tmp_path / "classes.txt").write_text("sky\nroad\ncar\n")
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "masks" / split).mkdir(parents=True)
+        Image.fromarray(np.full((16, 20, 3), 128, np.uint8)).save(tmp_path / "images" / split / "x.png")
+        ids = np.zeros((16, 20), np.uint8)
+        ids[8:] = 2
+        Image.fromarray(ids, mode="L").save(tmp_path / "masks" / split / "x.png")
+    data = load_masks_tree(tmp_path, 16)
+    assert data.classes == ["sky", "road", "car"] and set(data.val.masks.unique().tolist()) == {0, 2}
+    Image.fromarray(np.full((16, 20), 3, np.uint8), mode="L").save(tmp_path / "masks" / "val" / "x.png")
+    with pytest.raises(UserError, match="class id 3 is outside the 3 classes"):
+        load_masks_tree(tmp_path, 16)
+
+
+def test_a_view_moves_its_class_map_with_its_pixels():
+    masks = torch.arange(16, dtype=torch.uint8).view(1, 4, 4).repeat(2, 1, 1)
+    assert torch.equal(crop_masks(masks, identity_crops(2)), masks.long())
+    flip = identity_crops(2)
+    flip.flip = torch.tensor([True, False])
+    out = crop_masks(masks, flip)
+    assert torch.equal(out[0], masks[0].long().flip(-1)) and torch.equal(out[1], masks[1].long())
+    shifted = CropParams(
+        torch.tensor([1.0, 0.0]),
+        torch.zeros(2),
+        torch.ones(2),
+        torch.ones(2),
+        torch.zeros(2, dtype=torch.bool),
+    )
+    out = crop_masks(masks, shifted)
+    assert (out[0, :, 2:] == IGNORE).all() and torch.equal(out[0, :, :2], masks[0, :, 2:].long())
+    mix = sample_cutmix(2, 4, 1.0, torch.Generator().manual_seed(3))
+    assert cutmix_masks(masks, None) is masks and cutmix_masks(masks, mix).shape == masks.shape
+
+
+def test_miou_and_pixel_accuracy_leave_ignored_pixels_out():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, IGNORE, IGNORE]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 2]])
+    s = scores(confusion(pred, target, 3), ["a", "b", "c"])
+    # IoU: a 1/3 (tp 1, union 3), b 2/3, c 1/2; pixel accuracy 4 of 6 labelled pixels
+    assert s["miou"] == pytest.approx(100 * (1 / 3 + 2 / 3 + 1 / 2) / 3) and s[
+        "pixel_accuracy"
+    ] == pytest.approx(400 / 6)
+    assert s["pixels"] == 6 and s["per_class_iou"]["b"] == pytest.approx(66.67)
+
+
+@pytest.mark.parametrize("arch", ["convnet-fcn-w32", "lraspp_mobilenet_v3_large"])
+def test_segmenters_give_logits_at_the_input_resolution(arch):
+    model = build_segmenter(arch, 5, 1, 32)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 5, 32, 32)
+    with pytest.raises(UserError, match="unknown segmentation architecture"):
+        build_segmenter("unet9000", 5, 1, 32)
+
+
+# --------------------------------------------------------------------------------------------------
+# the task seam: the teachers stage on synthetic-scenes
+
+
+def _scenes_cmd(out, *extra):
+    from conftest import PYTHON
+
+    return [PYTHON, "-m", "hellodd", "teachers", "--preset", "synthetic-scenes", "--out", str(out), *extra]
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_segmentation_teachers_train_a_pool_scored_by_miou(tmp_path):
+    from hellodd.cli import main
+    from hellodd.io import read_json
+    from hellodd.tasks import load_network
+
+    assert main(["teachers", "--preset", "synthetic-scenes", "--out", str(tmp_path)]) == 0
+    pool = read_json(tmp_path / "teachers" / "pool.json")
+    assert [c["epoch"] for c in pool["checkpoints"]] == [0.5, 1.0, 1.5, 2.0]
+    assert all(0 <= c["miou"] <= 100 and "top1" not in c for c in pool["checkpoints"])
+    metrics = read_json(tmp_path / "teachers" / "metrics.json")
+    assert metrics["task"] == "segmentation" and metrics["final_val_miou"] == pool["checkpoints"][-1]["miou"]
+    model, meta = load_network(tmp_path / "teachers" / "final.safetensors")
+    assert model(torch.rand(2, 1, 16, 16)).shape == (2, 4 + 1, 16, 16)  # background + 4 shapes
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_a_killed_segmentation_teacher_resumes_to_the_same_weights(tmp_path):
+    import subprocess
+
+    from conftest import KILL_SEED, cli_env
+    from hellodd.io import load_tensors
+
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    killed = subprocess.run(_scenes_cmd(outs[0]), env=cli_env(HELLODD_DIE_AT_STEP=4), timeout=300)
+    assert killed.returncode == -9, KILL_SEED
+    resumed = subprocess.run(_scenes_cmd(outs[0]), env=cli_env(), timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming at step" in resumed.stdout
+    assert subprocess.run(_scenes_cmd(outs[1]), env=cli_env(), timeout=300).returncode == 0
+    (a, _), (b, _) = (load_tensors(o / "teachers" / "final.safetensors") for o in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_segmentation_run_is_refused_at_a_stage_it_does_not_have_yet(tmp_path, capsys):
+    from hellodd.cli import main
+
+    assert main(["run", "--preset", "synthetic-scenes", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the segmentation task has no projector stage yet" in err[0]
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_segmentation_data_and_networks_are_checked_before_any_stage(tmp_path, capsys):
+    from hellodd.cli import main
+
+    args = [
+        "teachers",
+        "--preset",
+        "fashion-mnist-scenes",
+        "--out",
+        str(tmp_path),
+        "--data",
+        str(tmp_path / "none"),
+    ]
+    assert main(args) == 2 and "folder not found" in capsys.readouterr().err
+    args = [
+        "teachers",
+        "--preset",
+        "synthetic-scenes",
+        "--out",
+        str(tmp_path),
+        "--set",
+        "teacher.arch=resnet18",
+    ]
+    assert main(args) == 2 and "convnet-fcn" in capsys.readouterr().err
