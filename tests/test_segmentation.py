@@ -199,13 +199,22 @@ def _scenes_cmd(out, *extra):
     return [PYTHON, "-m", "hellodd", "teachers", "--preset", "synthetic-scenes", "--out", str(out), *extra]
 
 
-@pytest.mark.xdist_group("segmentation-teachers")
-def test_segmentation_teachers_train_a_pool_scored_by_miou(tmp_path):
+@pytest.fixture(scope="module")
+def scenes_run(tmp_path_factory):
+    """A synthetic-scenes run folder with its teachers trained (once per test worker)."""
     from hellodd.cli import main
+
+    out = tmp_path_factory.mktemp("scenes")
+    assert main(["teachers", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_segmentation_teachers_train_a_pool_scored_by_miou(scenes_run):
     from hellodd.io import read_json
     from hellodd.tasks import load_network
 
-    assert main(["teachers", "--preset", "synthetic-scenes", "--out", str(tmp_path)]) == 0
+    tmp_path = scenes_run
     pool = read_json(tmp_path / "teachers" / "pool.json")
     assert [c["epoch"] for c in pool["checkpoints"]] == [0.5, 1.0, 1.5, 2.0]
     assert all(0 <= c["miou"] <= 100 and "top1" not in c for c in pool["checkpoints"])
@@ -264,3 +273,43 @@ def test_segmentation_data_and_networks_are_checked_before_any_stage(tmp_path, c
         "teacher.arch=resnet18",
     ]
     assert main(args) == 2 and "convnet-fcn" in capsys.readouterr().err
+
+
+def test_a_scene_sheet_shows_each_scene_above_its_map():
+    from hellodd.segmentation.sheet import palette, scene_sheet
+
+    garments, labels = synthetic_garments(3, 4, seed=0)
+    images, masks = compose(garments, labels, 5, SceneSettings(size=16), seed=0)
+    sheet = scene_sheet(images, masks, ["background", "a", "b", "c"], scale=2)
+    assert sheet.width == 5 * 16 * 2 and sheet.height > 2 * 16 * 2
+    first_map_pixel = sheet.getpixel((0, 16 * 2))  # top-left pixel of the first map
+    assert first_map_pixel == tuple(palette(4)[int(masks[0, 0, 0])].tolist())
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_a_random_subset_of_scenes_is_evaluated_with_dense_label_sources(scenes_run):
+    from hellodd.cli import main
+    from hellodd.io import read_json
+    from hellodd.sets import read_set
+
+    out = scenes_run
+    assert main(["distill", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
+    images, masks, manifest = read_set(out / "distill" / "subset6-random")
+    assert (
+        images.shape == (6, 1, 16, 16) and masks.shape == (6, 16, 16) and manifest["task"] == "segmentation"
+    )
+    assert (out / "distill" / "subset6-random" / "contact_sheet.png").is_file()
+
+    assert main(["evaluate", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
+    folder = out / "evaluate" / "subset6-random"
+    rows = read_json(folder / "results.json")
+    assert {r["source"] for r in rows} == {"hard", "teacher", "weak-teachers", "stored", "compressed"}
+    assert all(r["metric"] == "miou" and 0 <= r["miou"] <= 100 and len(r["per_class_iou"]) == 5 for r in rows)
+    storage = read_json(folder / "metrics.json")["storage"]
+    # a dense soft label is a map of logits per view: 3 epochs x one batch of 4 views x 5 classes x 16 x 16 x 2 B, plus
+    # each file's views; compressed keeps 2 of 5 logits (fp16, with uint8 classes) and the rest's mean per pixel,
+    # 8 B against 10 B, for 2 of the 3 epochs
+    assert storage["stored"]["bytes"] > 3 * 4 * 5 * 16 * 16 * 2
+    assert storage["compressed"]["bytes"] < 0.6 * storage["stored"]["bytes"]
+    table = (folder / "results.md").read_text()
+    assert "mIoU (mean ± std)" in table and "pixel accuracy" in table

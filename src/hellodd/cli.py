@@ -32,12 +32,6 @@ from hellodd.version import __version__
 # `hellodd --help`, a usage error and a refused option answer without importing torch, which costs more
 # than everything else such a command does.
 
-STAGES = {  # command -> (module, function): each stage is a plain function of (config, fabric)
-    "teachers": ("teachers", "train_teachers"),
-    "projector": ("projector.transfer", "run_projector"),
-    "distill": ("distill", "run_distill"),
-    "evaluate": ("evaluate", "run_evaluate"),
-}
 PLANNED = ("run", "teachers", "projector", "distill", "evaluate", "export")  # commands checked by preflight
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
 
@@ -228,7 +222,9 @@ def run_stage(cfg, fabric, stage: str) -> dict:
     """One stage by name (``teachers``, ``projector``, ``distill``, ``evaluate``): its metrics."""
     import importlib
 
-    module, function = STAGES[stage]
+    from hellodd.tasks import task_of  # lazy: the CLI parses before it imports torch
+
+    module, function = task_of(cfg.data).stages[stage]
     return getattr(importlib.import_module(f"hellodd.{module}"), function)(cfg, fabric)
 
 

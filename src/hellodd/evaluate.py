@@ -36,7 +36,6 @@ import torch.distributed as dist
 
 from hellodd import engine
 from hellodd.config import Config
-from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import digest, read_json, tensor_sha256, write_bytes, write_json
 from hellodd.labels import student_stream
@@ -54,6 +53,7 @@ from hellodd.sets import read_set
 from hellodd.sources import build_label_sources
 from hellodd.students import train_student
 from hellodd.tables import results_table
+from hellodd.tasks import task_of
 
 
 def run_key(cfg: Config, images_sha: str, source, arch: str, seed: int, world: int) -> str:
@@ -77,18 +77,23 @@ def _student_run(fabric, runs: Path, key: str, src, arch: str, seed: int, train,
     """One (source, student, seed) run, or its row from ``runs/`` when it finished earlier with the same
     ``key`` (everything it depends on); its resume state lives beside it until it finishes.  ``train(state)``
     trains it; ``where`` ends its line (the rank, when runs are spread)."""
-    line = f"evaluate: {src.name:9s} -> {arch}, seed {seed}: top-1"
     finished = student_run_file(runs, src.name, arch, seed)
     kept = read_json(finished) if finished.is_file() else {}
+
+    def line(row: dict) -> str:
+        metric = row.get("metric", "top1")
+        name = {"top1": "top-1", "miou": "mIoU"}.get(metric, metric)
+        return f"evaluate: {src.name:9s} -> {arch}, seed {seed}: {name} {row[metric]:.2f}%"
+
     if kept.get("key") == key:
-        fabric.print(f"{line} {kept['row']['top1']:.2f}% (finished earlier){where}")
+        fabric.print(f"{line(kept['row'])} (finished earlier){where}")
         return kept["row"]
     state = student_state_file(runs, src.name, arch, seed)
     row = train(state)
     if fabric.is_global_zero:
         write_json(finished, {"key": key, "row": row})
         state.unlink(missing_ok=True)
-    fabric.print(f"{line} {row['top1']:.2f}%{where}")
+    fabric.print(f"{line(row)}{where}")
     return row
 
 
@@ -101,7 +106,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
             f"{d}: no distilled set; run 'hellodd distill' first (same --out and distill settings)"
         )
     images, labels, manifest = read_set(d)
-    bundle = load_data(cfg.data, cfg.engine.seed)
+    task = task_of(cfg.data)
+    bundle = task.load(cfg.data, cfg.engine.seed)
     if manifest.get("classes") != bundle.classes:
         raise UserError(f"{d}: distilled for other classes than the {cfg.data.name} data in this config")
     if fabric.is_global_zero:
@@ -135,7 +141,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
             key = run_key(cfg, images_sha, src, arch, seed, worker.world_size)
 
             args = (cfg, worker, arch, src, images, labels, bundle.val, bundle.num_classes, seed, stream)
-            train = partial(train_student, *args, key=key)  # train(state_path)
+            train = partial(train_student, *args, key=key, classes=bundle.classes)  # train(state_path)
             where = f" (rank {fabric.global_rank})" if spread else ""
             done[(seed, arch, name)] = _student_run(
                 worker, student_runs_dir(cfg), key, src, arch, seed, train, where
@@ -152,7 +158,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     table = results_table(rows, cost)
     by_source = {}
     for r in rows:
-        by_source.setdefault(r["source"], []).append(r["top1"])
+        by_source.setdefault(r["source"], []).append(r[task.metric])
     means = {k: statistics.mean(v) for k, v in by_source.items()}
     metrics = {
         "distilled_set": str(d),
@@ -164,14 +170,15 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "parallel": "runs" if spread else "data",  # runs: each run was a one-process run on one rank
         "rows": rows,
         "storage": cost,
-        "mean_top1": means,
+        "metric": task.metric,
+        "mean_top1": means,  # the task's headline metric per source (top-1, or mIoU for segmentation)
         "table": table,
         "seconds": time.perf_counter() - t0,
     }
     parts = [f"{k} {v:.2f}%" for k, v in means.items()]
     metrics["summary"] = (
-        f"evaluate {d.name} ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): mean top-1 "
-        + ", ".join(parts)
+        f"evaluate {d.name} ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): "
+        f"mean {task.metric_name} " + ", ".join(parts)
     )
     if fabric.is_global_zero:
         write_results(out, metrics, {k: v for k, v in cost.items()})

@@ -28,6 +28,7 @@ X+gift     source X's logits, refined at zero bytes (GIFT): mixed with smoothed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -118,7 +119,8 @@ class LabelSource(Protocol):
 
 @dataclass
 class HardLabels:
-    """The CutMix-mixed one-hot labels."""
+    """The dataset's labels as the views show them: ``make(y, num_classes, mix)``, by default the CutMix-mixed
+    one-hot rows (a task may pass its own, e.g. a view's class map)."""
 
     num_classes: int
     storage: dict = field(default_factory=dict)
@@ -126,9 +128,10 @@ class HardLabels:
     kind: str = "probs"
     identity: dict = field(default_factory=dict)
     own_views: bool = False
+    make: Callable = mixed_one_hot
 
     def targets(self, x, y, mix, epoch, step):
-        return mixed_one_hot(y, self.num_classes, mix)
+        return self.make(y, self.num_classes, mix)
 
 
 @dataclass
@@ -209,7 +212,7 @@ def decompress(d: dict[str, torch.Tensor], rows: slice, num_classes: int) -> tor
     if "logits" in d:
         return d["logits"][rows].float()
     values, classes, rest = d["values"][rows].float(), d["classes"][rows].long(), d["rest"][rows].float()
-    out = rest[:, None].expand(len(rest), num_classes).clone()
+    out = rest.unsqueeze(1).expand(-1, num_classes, *rest.shape[1:]).clone()  # per view, or per pixel
     return out.scatter_(1, classes, values)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hellodd.config import Config
+from hellodd.config import SEGMENTATION_DATA, Config
 
 LOCK_FILE = ".hellodd.lock"
 CONFIG_FILE, METRICS_FILE, STORAGE_FILE = "config.json", "metrics.json", "storage.json"
@@ -102,6 +102,8 @@ def variant(cfg: Config) -> str:
 
 
 def set_name(cfg: Config) -> str:
+    if cfg.data.name in SEGMENTATION_DATA:  # a subset of whole images, not a number per class
+        return f"subset{cfg.distill.subset:g}-{variant(cfg)}"
     return f"ipc{cfg.distill.ipc}-{variant(cfg)}"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hellodd.config import Config, split_source
-from hellodd.data import train_class_counts
 from hellodd.errors import UserError
 from hellodd.io import read_json
 from hellodd.layout import pool_index_path
@@ -46,7 +45,7 @@ def _task(cfg: Config, stages: tuple[str, ...]) -> None:
     if missing:
         raise UserError(
             f"--set data.name={cfg.data.name}: the {task.name} task has no {missing[0]} stage yet "
-            f"(it runs: {', '.join(task.stages)})"
+            f"(it has: {', '.join(task.stages)})"
         )
 
 
@@ -72,17 +71,7 @@ def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
     d = cfg.distill
     if d.update or d.adapt_steps > 0:
         check_base(cfg.projector)  # the update and the view adaptation load the projector
-    if d.init == "folder":
-        return  # its images are counted when they are read (they must be exactly IPC per class)
-    need = d.ipc * d.factor**2 if d.init == "rded" else d.ipc
-    counts = train_class_counts(cfg.data)
-    if counts and min(counts) < need:
-        c = counts.index(min(counts))
-        what = f"IPC x factor^2 = {need}" if d.init == "rded" else f"IPC = {need}"
-        raise UserError(
-            f"--set distill.ipc={d.ipc}: class {c} has {min(counts)} training images, fewer than {what} "
-            "(lower distill.ipc or distill.factor)"
-        )
+    task_of(cfg.data).check_set(cfg)
 
 
 def _evaluate(cfg: Config, stages: tuple[str, ...]) -> None:

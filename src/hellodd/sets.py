@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hellodd.config import Config
+from hellodd.config import IGNORE_INDEX, Config
 from hellodd.errors import UserError
 from hellodd.io import (
     digest,
@@ -138,13 +138,22 @@ def write_png_tree(images: torch.Tensor, labels: torch.Tensor, classes: list[str
     return total
 
 
-def write_set(out: Path, images: torch.Tensor, labels: torch.Tensor, manifest: dict) -> dict:
-    """Write a set's images, PNG tree, contact sheet and ``manifest.json``; returns the full manifest."""
+def class_pictures(images: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> int:
+    """A classification set's pictures: the PNG tree and the contact sheet; returns the PNGs' bytes."""
+    png_bytes = write_png_tree(images, labels, classes, out / PNG_FOLDER)
+    contact_sheet(images, labels, classes, out / CONTACT_SHEET)
+    return png_bytes
+
+
+def write_set(
+    out: Path, images: torch.Tensor, labels: torch.Tensor, manifest: dict, pictures=class_pictures
+) -> dict:
+    """Write a set's images and labels (a class per image, or a class map per image), its pictures
+    (``pictures(images, labels, classes, out)`` -> PNG bytes) and ``manifest.json``; returns the manifest."""
     out = Path(out)
     classes = manifest["classes"]
     save_tensors(out / IMAGES_FILE, {"images": images, "labels": labels}, manifest)
-    png_bytes = write_png_tree(images, labels, classes, out / PNG_FOLDER)
-    contact_sheet(images, labels, classes, out / CONTACT_SHEET)
+    png_bytes = pictures(images, labels, classes, out)
     manifest = {
         **manifest,
         "bytes": {
@@ -171,7 +180,8 @@ def read_images(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     if images.ndim != 4 or len(images) != len(labels):
         raise UserError(f"{path}: {tuple(images.shape)} images for {len(labels)} labels")
     classes = meta.get("classes")
-    if classes is not None and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes):
+    ids = labels[labels != IGNORE_INDEX] if labels.ndim == 3 else labels  # class maps may mark pixels ignored
+    if classes is not None and len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < len(classes):
         raise UserError(f"{path}: labels outside the {len(classes)} classes of its manifest")
     return images, labels, meta
 

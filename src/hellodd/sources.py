@@ -33,10 +33,10 @@ from hellodd.labels import (
     write_label_stores,
 )
 from hellodd.layout import cache_dir, label_store_dir, projector_path
-from hellodd.models import load_classifier
 from hellodd.projector.adapters import load_projector, merged_for_inference
 from hellodd.projector.transfer import weak_teachers
 from hellodd.sets import projector_for
+from hellodd.tasks import load_network, task_of
 from hellodd.teachers import load_pool
 
 STORED = ("stored", "compressed")  # written from the teacher, replayed from disk
@@ -63,7 +63,7 @@ class SourceContext:
     @property
     def teacher(self) -> torch.nn.Module:
         if "_teacher" not in self.shared:
-            self.shared["_teacher"] = engine.frozen(self.fabric, load_classifier(self.teacher_path)[0])
+            self.shared["_teacher"] = engine.frozen(self.fabric, load_network(self.teacher_path)[0])
         return self.shared["_teacher"]
 
     def labeller(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -130,7 +130,8 @@ def register(*names: str, online: bool = False):
 
 @register("hard")
 def _hard(ctx: SourceContext, name: str) -> LabelSource:
-    return HardLabels(ctx.num_classes, storage=storage.label_storage("hard"))
+    make = task_of(ctx.cfg.data).hard_targets
+    return HardLabels(ctx.num_classes, storage=storage.label_storage("hard"), make=make)
 
 
 @register("teacher", online=True)
@@ -145,7 +146,7 @@ def _weak_teachers(ctx: SourceContext, name: str) -> LabelSource:
     pool = load_pool(ctx.cfg)
     pool["classes"] = list(range(ctx.num_classes))
     chosen = weak_teachers(pool, ctx.cfg)
-    model = engine.frozen(ctx.fabric, MeanLogits([load_classifier(t["path"])[0] for t in chosen]))
+    model = engine.frozen(ctx.fabric, MeanLogits([load_network(t["path"])[0] for t in chosen]))
     identity = {"weak_teachers_sha256": [sha256(t["path"]) for t in chosen]}
     cost = storage.label_storage("weak-teachers", teacher_files=[t["path"] for t in chosen])
     return ModelLabels(name, ctx.labeller(model), identity, cost)

@@ -18,10 +18,9 @@ import torch
 from hellodd import engine
 from hellodd.config import Config
 from hellodd.labels import render
-from hellodd.losses import student_loss
-from hellodd.models import build_model
 from hellodd.records import peak_memory_mib
 from hellodd.resume import ResumePoint
+from hellodd.tasks import task_of
 
 # RDED's per-architecture AdamW learning rates (argument.py); used with evaluate.lr_per_arch=true
 RDED_LR = {
@@ -53,14 +52,15 @@ def student_step(
 ) -> torch.Tensor:
     """One student iteration, as timed per label source: render the batch's views, label them, one optimiser
     step.  Stored labels replay their own copy of the stream's batches; other sources draw from ``stream``."""
+    task = task_of(cfg.data)
     batches = source if source.own_views else stream  # stored labels replay their views
     idx, crops, mix = batches.batch_params(epoch, step)
     x = render(images, idx, crops, mix, fabric.device)
-    y = labels[idx].to(fabric.device)
+    y = task.view_targets(labels, idx, crops, mix, fabric.device)
     with fabric.autocast():  # engine.precision: labels are generated at the student's precision
         targets = source.targets(x, y, mix, epoch, step)
         out = model(x).float()
-    loss = student_loss(cfg.evaluate, out, targets, source.kind, y)
+    loss = task.student_loss(cfg.evaluate, out, targets, source.kind, y)
     opt.zero_grad(set_to_none=True)
     fabric.backward(loss)
     opt.step()
@@ -82,6 +82,7 @@ def train_student(
     stream,
     state_path: Path | None = None,
     key: str = "",
+    classes: list[str] | None = None,
 ) -> dict:
     """One student run (``evaluate.epochs`` over the stream), validated at the end: its result row.
 
@@ -90,8 +91,9 @@ def train_student(
     the run depends on); a state with another key is ignored.  A resumed run ends exactly where an
     uninterrupted one does: its views and learning rates are functions of (epoch, step) only."""
     ev = cfg.evaluate
+    task = task_of(cfg.data)
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes, images.shape[1], images.shape[-1])
+    model = task.build(arch, num_classes, images.shape[1], images.shape[-1])
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
     opt = student_optimizer(model, lr, ev.weight_decay)
     plain = model  # the module itself (same parameters as the compiled one): what a state saves and loads
@@ -148,15 +150,16 @@ def train_student(
             point.save(epoch + 1, state, stop)
     bar.close()
     # compiled validation: one eval-mode compile per process, then 1.6x faster per run (docs/performance.md)
-    val_metrics = engine.evaluate(fabric, model, val, ev.eval_batch_size, desc="val")
+    classes = classes or [str(c) for c in range(num_classes)]
+    val_metrics = task.evaluate(fabric, model, val, classes, ev.eval_batch_size)
     warm = times[5:] if len(times) > 5 else times
     return {
         "source": source.name,
         "student": arch,
         "seed": seed,
         "lr": lr,
-        "top1": val_metrics["top1"],
-        "top5": val_metrics["top5"],
+        "metric": task.metric,
+        **task.row_scores(val_metrics),
         "iterations": step_total,
         "seconds_per_iteration": statistics.median(warm) if warm else 0.0,
         "seconds": before + time.perf_counter() - started,  # the run: training, label generation, validation

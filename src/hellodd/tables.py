@@ -13,7 +13,7 @@ def aggregate(rows: list[dict], storage: dict) -> list[dict]:
         groups.setdefault((r["source"], r["student"]), []).append(r)
     out = []
     for (source, student), rs in groups.items():
-        top1 = [r["top1"] for r in rs]
+        top1 = [r[r.get("metric", "top1")] for r in rs]  # the task's headline metric (top-1, mIoU)
         out.append(
             {
                 "source": source,
@@ -21,7 +21,7 @@ def aggregate(rows: list[dict], storage: dict) -> list[dict]:
                 "mean": statistics.mean(top1),
                 "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                 "n": len(top1),
-                "top5": statistics.mean(r["top5"] for r in rs),
+                "top5": statistics.mean(r.get("top5", r.get("pixel_accuracy", 0.0)) for r in rs),
                 "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
                 "peak_mib": max(r["peak_memory_mib"] for r in rs),
                 "bytes": storage[source]["bytes"],
@@ -31,9 +31,11 @@ def aggregate(rows: list[dict], storage: dict) -> list[dict]:
 
 
 def results_table(rows: list[dict], storage: dict) -> str:
-    """The markdown table of an evaluation (``results.md``)."""
+    """The markdown table of an evaluation (``results.md``); segmentation: mIoU and pixel accuracy."""
+    dense = bool(rows) and rows[0].get("metric") == "miou"
+    first, second = ("mIoU", "pixel accuracy") if dense else ("top-1", "top-5")
     lines = [
-        "| label source | student | top-1 (mean ± std) | top-5 | s / iteration | peak memory (MiB) | extra storage (bytes) |",
+        f"| label source | student | {first} (mean ± std) | {second} | s / iteration | peak memory (MiB) | extra storage (bytes) |",
         "|---|---|---|---|---|---|---|",
     ]
     for a in aggregate(rows, storage):

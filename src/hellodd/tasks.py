@@ -20,26 +20,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import apply_crops, augment, sample_augment
+from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
 from hellodd.config import SEGMENTATION_DATA, DataConfig, is_segmenter
 from hellodd.data import DataBundle, load_data, train_class_counts
 from hellodd.errors import UserError
 from hellodd.io import load_tensors
+from hellodd.losses import student_loss
 from hellodd.models import build_model
 from hellodd.segmentation.data import IGNORE, check_segmentation_data, load_segmentation
 from hellodd.segmentation.metrics import evaluate_segmentation
 from hellodd.segmentation.models import build_segmenter
-from hellodd.segmentation.views import crop_masks
+from hellodd.segmentation.views import crop_masks, cutmix_masks
 
 
 class Classification:
     name = "classification"
     metric, metric_name = "top1", "top-1"
     scores = ("top1", "top5", "loss")  # what a teacher checkpoint's validation keeps
-    stages = ("teachers", "projector", "distill", "evaluate")
+    # each stage's function (module under hellodd, name): what `hellodd <stage>` runs for this task
+    stages = {
+        "teachers": ("teachers", "train_teachers"),
+        "projector": ("projector.transfer", "run_projector"),
+        "distill": ("distill", "run_distill"),
+        "evaluate": ("evaluate", "run_evaluate"),
+    }
 
     def check(self, cfg: DataConfig) -> None:
         train_class_counts(cfg)  # the data is where the config says, with a train/ split
+
+    def check_set(self, cfg) -> None:
+        """Enough training images per class for the set the distill stage will select."""
+        d = cfg.distill
+        if d.init == "folder":
+            return  # its images are counted when they are read (they must be exactly IPC per class)
+        need = d.ipc * d.factor**2 if d.init == "rded" else d.ipc
+        counts = train_class_counts(cfg.data)
+        if counts and min(counts) < need:
+            c = counts.index(min(counts))
+            what = f"IPC x factor^2 = {need}" if d.init == "rded" else f"IPC = {need}"
+            raise UserError(
+                f"--set distill.ipc={d.ipc}: class {c} has {min(counts)} training images, fewer than {what} "
+                "(lower distill.ipc or distill.factor)"
+            )
 
     def load(self, cfg: DataConfig, seed: int) -> DataBundle:
         return load_data(cfg, seed)
@@ -56,15 +78,45 @@ class Classification:
     def evaluate(self, fabric, model, ds, classes: list[str], batch_size: int, desc: str = "val") -> dict:
         return engine.evaluate(fabric, model, ds, batch_size, desc=desc)
 
+    # a student's views of a distilled set (hellodd.students)
+    def view_targets(self, labels, idx, crops, mix, device) -> torch.Tensor:
+        """The hard label of each view's image (CutMix mixes it in :meth:`hard_targets`)."""
+        return labels[idx].to(device)
+
+    hard_targets = staticmethod(mixed_one_hot)  # (y, num_classes, mix): the CutMix-mixed one-hot rows
+
+    def student_loss(self, ev, logits, targets, kind: str, y) -> torch.Tensor:
+        return student_loss(ev, logits, targets, kind, y)
+
+    def row_scores(self, val: dict) -> dict:
+        return {"top1": val["top1"], "top5": val["top5"]}
+
 
 class Segmentation:
     name = "segmentation"
     metric, metric_name = "miou", "mIoU"
     scores = ("miou", "pixel_accuracy", "loss")
-    stages = ("teachers",)  # the dense projector, subset and evaluation stages are still to come
+    stages = {  # the dense projector is still to come
+        "teachers": ("teachers", "train_teachers"),
+        "distill": ("segmentation.subset", "run_subset"),
+        "evaluate": ("evaluate", "run_evaluate"),
+    }
 
     def check(self, cfg: DataConfig) -> None:
         check_segmentation_data(cfg)
+
+    def check_set(self, cfg) -> None:
+        if cfg.distill.init != "random":
+            raise UserError(
+                f"--set distill.init={cfg.distill.init}: segmentation sets are random subsets for now "
+                "(distill.init=random)"
+            )
+        if cfg.data.name in ("fashion-mnist-scenes", "synthetic-scenes") and cfg.distill.subset >= 1:
+            if cfg.distill.subset > cfg.data.scenes_train:
+                raise UserError(
+                    f"--set distill.subset={cfg.distill.subset:g}: more than the {cfg.data.scenes_train} "
+                    "training scenes (data.scenes_train)"
+                )
 
     def load(self, cfg: DataConfig, seed: int) -> DataBundle:
         return load_segmentation(cfg, seed)
@@ -85,6 +137,30 @@ class Segmentation:
 
     def evaluate(self, fabric, model, ds, classes: list[str], batch_size: int, desc: str = "val") -> dict:
         return evaluate_segmentation(fabric, model, ds, classes, batch_size, desc)
+
+    def view_targets(self, labels, idx, crops, mix, device) -> torch.Tensor:
+        """Each view's class map: its image's map through the same crop and flip, with the same CutMix box
+        pasted from the other view (outside the image: ignored)."""
+        return cutmix_masks(crop_masks(labels[idx].to(device), crops), mix)
+
+    @staticmethod
+    def hard_targets(y, num_classes: int, mix) -> torch.Tensor:
+        return y  # the view's class map already carries the CutMix box
+
+    def student_loss(self, ev, logits, targets, kind: str, y) -> torch.Tensor:
+        """Hard labels: cross-entropy per labelled pixel.  Logit maps: MSE per pixel and class + ``ce_weight``
+        x that cross-entropy (the classification demo's loss, per pixel)."""
+        ce = F.cross_entropy(logits, y, ignore_index=IGNORE)
+        if kind == "probs":
+            return ce
+        if kind != "logits" or ev.loss != "mse":
+            raise UserError(
+                f"segmentation students learn logit maps with evaluate.loss=mse, not {kind}/{ev.loss}"
+            )
+        return F.mse_loss(logits, targets) + ev.ce_weight * ce
+
+    def row_scores(self, val: dict) -> dict:
+        return {k: val[k] for k in ("miou", "pixel_accuracy", "per_class_iou")}
 
 
 TASKS = {"classification": Classification(), "segmentation": Segmentation()}

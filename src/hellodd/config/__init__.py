@@ -8,6 +8,7 @@ from hellodd.config.overrides import apply_overrides, from_dict, set_value, to_d
 from hellodd.config.presets import FASHION_MNIST_DEBIAN, IPC_SETTINGS, PRESETS, ipc_settings, preset
 from hellodd.config.schema import (
     ADAPTER_DTYPES,
+    IGNORE_INDEX,
     LABEL_REFINEMENTS,
     LABEL_SOURCES,
     SEGMENTATION_DATA,
@@ -29,6 +30,7 @@ from hellodd.config.validate import validate
 
 __all__ = [
     "ADAPTER_DTYPES",
+    "IGNORE_INDEX",
     "SEGMENTATION_DATA",
     "TORCHVISION_SEGMENTERS",
     "is_segmenter",

@@ -27,8 +27,9 @@ LABEL_REFINEMENTS: tuple[str, ...] = typing.get_args(Refinement)
 DataName = Literal[
     "fashion-mnist", "imagefolder", "synthetic", "fashion-mnist-scenes", "synthetic-scenes", "voc", "masks"
 ]
-# the datasets of the segmentation task (hellodd.tasks): a class map per image
+# the datasets of the segmentation task (hellodd.tasks): a class map per image, IGNORE_INDEX = not labelled
 SEGMENTATION_DATA = ("fashion-mnist-scenes", "synthetic-scenes", "voc", "masks")
+IGNORE_INDEX = 255
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 FloatDtype = Literal["float32", "float16", "bfloat16"]
@@ -189,6 +190,8 @@ class DistillConfig:
     adapt_checks: int = 10
     # views per view-adaptation step (0 = evaluate.batch_size, the students' batch)
     adapt_batch: int = 0
+    # segmentation: the distilled subset's size, a count of training images (>= 1) or a fraction of them (< 1)
+    subset: float = 100
 
 
 @dataclass

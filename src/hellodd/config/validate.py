@@ -90,6 +90,7 @@ def validate(cfg: Config) -> None:
         (0 < cfg.distill.adapt_lr_scale <= 100, "distill.adapt_lr_scale", "in (0, 100]"),
         (cfg.distill.adapt_checks >= 0, "distill.adapt_checks", "0 (no checks) or more"),
         (cfg.distill.adapt_batch >= 0, "distill.adapt_batch", "0 (the students' batch size) or more"),
+        (cfg.distill.subset > 0, "distill.subset", "a count of images (>= 1) or a fraction of them (< 1)"),
         (
             all(map(is_label_source, cfg.evaluate.label_sources)) and cfg.evaluate.label_sources,
             "evaluate.label_sources",
@@ -116,6 +117,16 @@ def validate(cfg: Config) -> None:
     if cfg.data.name in SEGMENTATION_DATA:  # a class map per pixel: segmentation networks only
         archs = f"convnet-fcn, convnet-fcn-wM or one of {', '.join(TORCHVISION_SEGMENTERS)}"
         known = is_segmenter
+        dense = ("hard", "teacher", "weak-teachers", "stored", "compressed")  # the dense projector is to come
+        names = [*cfg.evaluate.label_sources, *cfg.evaluate.baseline_sources]
+        checks += [
+            (cfg.evaluate.loss == "mse", "evaluate.loss", "mse for segmentation students (logit maps)"),
+            (
+                all(n in dense for n in names),
+                "evaluate.label_sources",
+                f"segmentation label sources among {', '.join(dense)} (not {[n for n in names if n not in dense]})",
+            ),
+        ]
     checks += [
         (known(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),
         (

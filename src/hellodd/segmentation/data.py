@@ -27,9 +27,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from hellodd.config import IGNORE_INDEX
 from hellodd.errors import UserError
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 VOC_CLASSES = [
     "background",
