@@ -24,6 +24,7 @@ from torch import nn
 from hellodd.config import TORCHVISION_SEGMENTERS
 from hellodd.errors import UserError
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD, InputAdapter
+from hellodd.models import Classifier as Segmenter  # the same wrapper: adapter, network, build spec
 
 
 class ConvNetFCN(nn.Module):
@@ -62,17 +63,6 @@ class TorchvisionSegmenter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["out"]
-
-
-class Segmenter(nn.Module):
-    """``adapter`` then ``net``; ``spec`` (the build arguments) travels with a checkpoint."""
-
-    def __init__(self, adapter: InputAdapter, net: nn.Module, spec: dict):
-        super().__init__()
-        self.adapter, self.net, self.spec = adapter, net, spec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.adapter(x))
 
 
 def build_segmenter(arch: str, num_classes: int, in_channels: int, image_size: int) -> Segmenter:
