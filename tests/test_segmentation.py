@@ -314,3 +314,6 @@ def test_a_random_subset_of_scenes_is_evaluated_with_dense_label_sources(scenes_
     assert storage["compressed"]["bytes"] < 0.6 * storage["stored"]["bytes"]
     table = (folder / "results.md").read_text()
     assert "mIoU (mean ± std)" in table and "pixel accuracy" in table
+    assert main(["report", str(out), "--to", str(out / "report")]) == 0
+    report = (out / "report" / "report.md").read_text()
+    assert "| mIoU (mean ± std, n) |" in report and "% val mIoU." in report and "top-1" not in report

@@ -56,7 +56,8 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
         teachers = teacher_metrics_in(run)
         if teachers.is_file():
             t = read_json(teachers)
-            whole[run.name] = {"arch": t.get("arch"), "top1": t.get("final_val_top1")}
+            metric = t.get("metric", "top1")  # the task's: top-1, or mIoU for segmentation
+            whole[run.name] = {"arch": t.get("arch"), "top1": t.get(f"final_val_{metric}"), "metric": metric}
         for m in _sets(run):
             where = {
                 "run": run.name,
@@ -64,6 +65,7 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
                 "random": m.get("set", "").endswith("-random"),
                 "ipc": m.get("ipc"),
                 "epochs": m.get("epochs"),
+                "metric": m.get("metric", "top1"),
             }
             entries += [{**where, **e} for e in per_source(m)]
     for e in entries:  # improvement over the random subset of the same IPC, same run / source / student
@@ -82,21 +84,27 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
     return entries, whole
 
 
+def metric_name(entries: list[dict]) -> str:
+    """What the entries' means are: ``top-1``, or ``mIoU`` for segmentation runs."""
+    return "mIoU" if entries and all(e.get("metric") == "miou" for e in entries) else "top-1"
+
+
 def table(entries: list[dict], whole: dict) -> str:
     many = len({e["run"] for e in entries}) > 1
     lines = []
     for run, w in whole.items():
         if w.get("top1") is not None:
+            name = "mIoU" if w.get("metric") == "miou" else "top-1"
             lines.append(
                 f"Whole-data reference ({run}): the final teacher ({w['arch']}, every training image) reaches "
-                f"{w['top1']:.2f}% val top-1."
+                f"{w['top1']:.2f}% val {name}."
             )
     lines.append("")
     head = [
         "set",
         "label source",
         "student",
-        "top-1 (mean ± std, n)",
+        f"{metric_name(entries)} (mean ± std, n)",
         "vs random subset",
         "label bytes",
         "s / iter",
@@ -173,13 +181,16 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
         )
     )
     ax.set_xlabel("extra label bytes (log scale; hard labels need none)")
-    ax.set_ylabel("student top-1 (%), final epoch, mean ± std over seeds")
+    ax.set_ylabel(f"student {metric_name(pts)} (%), final epoch, mean ± std over seeds")
     ipc, epochs = pts[0].get("ipc"), pts[0].get("epochs")
+    what = (
+        pts[0]["set"] if metric_name(pts) == "mIoU" else f"IPC {ipc}"
+    )  # a segmentation set is a subset size
     ax.set_title(
-        f"IPC {ipc}, {student}, {epochs} epochs: filled = distilled set, hollow = random real subset"
+        f"{what}, {student}, {epochs} epochs: filled = distilled set, hollow = random real subset", fontsize=9
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="label source", fontsize=8, title_fontsize=8, loc="lower right")
+    ax.legend(title="label source", fontsize=8, title_fontsize=8, loc="best")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
