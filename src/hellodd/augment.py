@@ -103,8 +103,11 @@ def identity_crops(n: int, device="cpu") -> CropParams:
     return CropParams(z, z, o, o, torch.zeros(n, dtype=torch.bool, device=device))
 
 
-def apply_crops(x: torch.Tensor, p: CropParams, size: int | None = None) -> torch.Tensor:
-    """Resample each image of float ``x`` through its box (bilinear, zero padding outside)."""
+def apply_crops(
+    x: torch.Tensor, p: CropParams, size: int | None = None, mode: str = "bilinear"
+) -> torch.Tensor:
+    """Resample each image of float ``x`` through its box (``mode`` bilinear, or nearest for class maps; zero
+    padding outside)."""
     n = x.shape[0]
     size = size or x.shape[-1]
     sx = torch.where(p.flip, -1.0, 1.0).to(x.dtype)
@@ -114,7 +117,7 @@ def apply_crops(x: torch.Tensor, p: CropParams, size: int | None = None) -> torc
     theta[:, 1, 1] = p.h.to(x.dtype)
     theta[:, 1, 2] = p.cy.to(x.dtype)
     grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def sample_augment(n: int, mode: str, generator: torch.Generator, device="cpu") -> CropParams | None:

@@ -130,13 +130,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_classifier(path, device: torch.device | str = "cpu") -> tuple[Classifier, dict]:
-    """Rebuild a classifier from a safetensors checkpoint written by :func:`save_classifier`."""
+def load_classifier(path, device: torch.device | str = "cpu", build=None) -> tuple[Classifier, dict]:
+    """Rebuild a network from a safetensors checkpoint written by :func:`save_classifier`; ``build(spec)``
+    makes the empty network (default: :func:`build_model`; :func:`hellodd.tasks.load_network` passes one
+    for either task)."""
     tensors, meta = load_tensors(path)
     spec = meta.get("spec")
     if not spec:
         raise UserError(f"{path}: not a hellodd model checkpoint (no model spec in its metadata)")
-    model = build_model(**spec)
+    model = build(spec) if build else build_model(**spec)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -24,9 +24,8 @@ from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
 from hellodd.config import SEGMENTATION_DATA, DataConfig, is_segmenter
 from hellodd.data import DataBundle, load_data, train_class_counts
 from hellodd.errors import UserError
-from hellodd.io import load_tensors
 from hellodd.losses import student_loss
-from hellodd.models import build_model
+from hellodd.models import build_model, load_classifier
 from hellodd.segmentation.data import IGNORE, check_segmentation_data, load_segmentation
 from hellodd.segmentation.metrics import evaluate_segmentation
 from hellodd.segmentation.models import build_segmenter
@@ -179,13 +178,4 @@ def build_network(spec: dict) -> nn.Module:
 
 def load_network(path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A checkpoint written by :func:`hellodd.models.save_classifier`, classifier or segmenter."""
-    tensors, meta = load_tensors(path)
-    spec = meta.get("spec")
-    if not spec:
-        raise UserError(f"{path}: not a hellodd model checkpoint (no model spec in its metadata)")
-    model = build_network(spec)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit {spec['arch']} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), meta
+    return load_classifier(path, device, build=build_network)

@@ -93,28 +93,14 @@ def load_segmentation(cfg, seed: int = 0):
         loader = load_voc if cfg.name == "voc" else load_masks_tree
         data = loader(root, cfg.image_size, cfg.max_images)
     return DataBundle(
-        MaskedImages(data.train.images, data.train.masks),
-        MaskedImages(data.val.images, data.val.masks),
-        data.classes,
-        data.train.images.shape[1],
-        cfg.image_size,
-        data.source,
+        data.train, data.val, data.classes, data.train.images.shape[1], cfg.image_size, data.source
     )
 
 
 @dataclass
-class SegmentationSplit:
-    images: torch.Tensor  # uint8 [N, C, S, S]
-    masks: torch.Tensor  # uint8 [N, S, S], IGNORE where not labelled
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-@dataclass
 class SegmentationData:
-    train: SegmentationSplit
-    val: SegmentationSplit
+    train: MaskedImages
+    val: MaskedImages
     classes: list[str]
     source: str  # what the data is: a dataset's folder and file count, or the scenes' id
 
@@ -167,11 +153,11 @@ def read_pair(image_path: Path, mask_path: Path, num_classes: int, size: int, ch
     return _square(image, mask, size)
 
 
-def _stack(pairs) -> SegmentationSplit:
+def _stack(pairs) -> MaskedImages:
     images, masks = zip(*pairs) if pairs else ((), ())
     if not images:
         raise UserError("a split has no images")
-    return SegmentationSplit(torch.stack(images), torch.stack(masks))
+    return MaskedImages(torch.stack(images), torch.stack(masks))
 
 
 def _split_names(root: Path, split: str) -> list[str]:
@@ -258,7 +244,7 @@ def load_scenes(
         torch.cat([t.flatten().to(torch.uint8) for s in ("train", "val") for t in sources[s]])
     )
     splits = {
-        split: SegmentationSplit(*compose(*sources[split], count, settings, seed * 2 + stream))
+        split: MaskedImages(*compose(*sources[split], count, settings, seed * 2 + stream))
         for split, count, stream in (("train", train, TRAIN_STREAM), ("val", val, VAL_STREAM))
     }
     return SegmentationData(
