@@ -193,11 +193,12 @@ def test_attention_pool_resized_for_other_input_sizes():
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_transfer_batch_cutmix_relabels_mixed_images(prob):
     from hellodd.projector.transfer import transfer_batch
+    from hellodd.tasks import TASKS
 
     x = (torch.arange(6).view(6, 1, 1, 1) * 40).expand(6, 1, 16, 16).to(torch.uint8)  # image i is all 40*i
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     pcfg = ProjectorConfig(augment="none", cutmix_prob=prob)
-    xa, ya = transfer_batch(x, y, pcfg, 3, torch.Generator().manual_seed(3))
+    xa, ya = transfer_batch(TASKS["classification"], x, y, pcfg, 3, torch.Generator().manual_seed(3))
     assert xa.dtype == torch.float32 and xa.shape == (6, 1, 16, 16)
     if prob == 0:
         assert torch.equal(ya, y) and torch.equal(xa, x.float() / 255)

@@ -201,11 +201,11 @@ def _scenes_cmd(out, *extra):
 
 @pytest.fixture(scope="module")
 def scenes_run(tmp_path_factory):
-    """A synthetic-scenes run folder with its teachers trained (once per test worker)."""
+    """A whole synthetic-scenes run (``hellodd run``: every stage, both subsets, the report), once per worker."""
     from hellodd.cli import main
 
     out = tmp_path_factory.mktemp("scenes")
-    assert main(["teachers", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
+    assert main(["run", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
     return out
 
 
@@ -240,15 +240,6 @@ def test_a_killed_segmentation_teacher_resumes_to_the_same_weights(scenes_run, t
     # the uninterrupted reference: the module's run of the same preset
     (a, _), (b, _) = (load_tensors(o / "teachers" / "final.safetensors") for o in (tmp_path, scenes_run))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_segmentation_run_is_refused_at_a_stage_it_does_not_have_yet(tmp_path, capsys):
-    from hellodd.cli import main
-
-    assert main(["run", "--preset", "synthetic-scenes", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "the segmentation task has no projector stage yet" in err[0]
-    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_segmentation_data_and_networks_are_checked_before_any_stage(tmp_path, capsys):
@@ -288,24 +279,62 @@ def test_a_scene_sheet_shows_each_scene_above_its_map():
 
 
 @pytest.mark.xdist_group("segmentation-teachers")
-def test_a_random_subset_of_scenes_is_evaluated_with_dense_label_sources(scenes_run):
+def test_the_dense_projector_stores_its_adapters_and_skip_head_and_labels_maps(scenes_run):
+    from hellodd.io import read_json
+    from hellodd.projector import load_projector
+
+    folder = next((scenes_run / "projector").iterdir())
+    metrics = read_json(folder / "metrics.json")
+    assert 0 <= metrics["val_miou"] <= 100 and "val_top1" not in metrics
+    assert metrics["teacher_agreement"]["top1_agreement"] > 0  # per pixel
+    proj = load_projector(folder / "adapters.safetensors", cache_dir=scenes_run / "cache")
+    assert proj.dense and proj.skip is not None
+    stored = {n for n, p in proj.named_parameters() if p.requires_grad}
+    assert any(n.startswith("skip.") for n in stored) and any("lora_" in n for n in stored)
+    assert proj(torch.rand(3, 1, 16, 16)).shape == (3, 5, 16, 16)  # a map at the image's size
+
+
+def test_the_observer_keeps_low_loss_images_shared_by_pixels():
+    from hellodd.subset import balanced_lowest
+
+    classes = ["background", "a", "b"]
+    masks = torch.zeros(6, 4, 4, dtype=torch.uint8)
+    masks[:4, :2] = 1  # four images of class a (8 pixels each)
+    masks[4:, :1] = 2  # two of class b (4 pixels each): a has 32 of 40 garment pixels
+    losses = torch.tensor([0.5, 0.1, 0.9, 0.2, 0.8, 0.3])
+    assert balanced_lowest(losses, masks, classes, 3).tolist() == [1, 3, 5]  # two a, one b, lowest first
+    assert balanced_lowest(losses, masks, classes, 6).tolist() == list(range(6))
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_a_segmentation_run_evaluates_the_observers_and_a_random_subset(scenes_run):
     from hellodd.cli import main
     from hellodd.io import read_json
     from hellodd.sets import read_set
 
     out = scenes_run
-    assert main(["distill", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
-    images, masks, manifest = read_set(out / "distill" / "subset6-random")
+    images, masks, manifest = read_set(out / "distill" / "subset6-rded")
     assert (
         images.shape == (6, 1, 16, 16) and masks.shape == (6, 16, 16) and manifest["task"] == "segmentation"
     )
-    assert (out / "distill" / "subset6-random" / "contact_sheet.png").is_file()
+    assert manifest["observer_loss_kept"] <= manifest["observer_loss_all"]
+    random = read_set(out / "distill" / "subset6-random")[2]
+    assert random["train_indices"] != manifest["train_indices"]
+    assert (out / "distill" / "subset6-rded" / "contact_sheet.png").is_file()
 
-    assert main(["evaluate", "--preset", "synthetic-scenes", "--out", str(out)]) == 0
-    folder = out / "evaluate" / "subset6-random"
+    folder = out / "evaluate" / "subset6-rded"
     rows = read_json(folder / "results.json")
-    assert {r["source"] for r in rows} == {"hard", "teacher", "weak-teachers", "stored", "compressed"}
+    assert {r["source"] for r in rows} == {
+        "hard",
+        "teacher",
+        "weak-teachers",
+        "stored",
+        "compressed",
+        "projector",
+    }
     assert all(r["metric"] == "miou" and 0 <= r["miou"] <= 100 and len(r["per_class_iou"]) == 5 for r in rows)
+    baseline = read_json(out / "evaluate" / "subset6-random" / "results.json")
+    assert {r["source"] for r in baseline} == {"hard", "teacher", "projector"}
     storage = read_json(folder / "metrics.json")["storage"]
     # a dense soft label is a map of logits per view: 3 epochs x one batch of 4 views x 5 classes x 16 x 16 x 2 B, plus
     # each file's views; compressed keeps 2 of 5 logits (fp16, with uint8 classes) and the rest's mean per pixel,
@@ -314,6 +343,6 @@ def test_a_random_subset_of_scenes_is_evaluated_with_dense_label_sources(scenes_
     assert storage["compressed"]["bytes"] < 0.6 * storage["stored"]["bytes"]
     table = (folder / "results.md").read_text()
     assert "mIoU (mean ± std)" in table and "pixel accuracy" in table
-    assert main(["report", str(out), "--to", str(out / "report")]) == 0
-    report = (out / "report" / "report.md").read_text()
+    report = (out / "report.md").read_text()
     assert "| mIoU (mean ± std, n) |" in report and "% val mIoU." in report and "top-1" not in report
+    assert main(["report", str(out), "--to", str(out / "report")]) == 0

@@ -220,12 +220,9 @@ def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
 
 def run_stage(cfg, fabric, stage: str) -> dict:
     """One stage by name (``teachers``, ``projector``, ``distill``, ``evaluate``): its metrics."""
-    import importlib
+    from hellodd.tasks import stage_function  # lazy: the CLI parses before it imports torch
 
-    from hellodd.tasks import task_of  # lazy: the CLI parses before it imports torch
-
-    module, function = task_of(cfg.data).stages[stage]
-    return getattr(importlib.import_module(f"hellodd.{module}"), function)(cfg, fabric)
+    return stage_function(cfg, stage)(cfg, fabric)
 
 
 def _one_line(e: UserError) -> str:

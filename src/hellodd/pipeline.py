@@ -17,13 +17,10 @@ import copy
 from pathlib import Path
 
 from hellodd.config import Config
-from hellodd.distill import run_distill
-from hellodd.evaluate import run_evaluate
 from hellodd.frontier import write_report
 from hellodd.layout import projector_path
-from hellodd.projector.transfer import run_projector
 from hellodd.summary import announce
-from hellodd.teachers import train_teachers
+from hellodd.tasks import stage_function
 
 
 def baseline_config(cfg: Config) -> Config | None:
@@ -40,24 +37,24 @@ def run_all(cfg: Config | list[Config], fabric) -> dict:
     """Every stage for one config, or for one config per IPC (same run folder, same trajectory)."""
     cfgs = cfg if isinstance(cfg, list) else [cfg]
     many = len(cfgs) > 1
-    steps = [("teachers", cfgs[0], train_teachers)]
+    steps = [("teachers", cfgs[0], "teachers")]
     projectors = set()  # one transfer per weak-teacher window
     for c in cfgs:
         tag = f" (IPC {c.distill.ipc})" if many else ""
         if projector_path(c) not in projectors:
             projectors.add(projector_path(c))
-            steps.append((f"projector{tag}", c, run_projector))
+            steps.append((f"projector{tag}", c, "projector"))
         base = baseline_config(c)
         steps += [
-            (f"distill{tag}", c, run_distill),
-            (f"distill (random subset){tag}", base, run_distill),
-            (f"evaluate{tag}", c, run_evaluate),
-            (f"evaluate (random subset){tag}", base, run_evaluate),
+            (f"distill{tag}", c, "distill"),
+            (f"distill (random subset){tag}", base, "distill"),
+            (f"evaluate{tag}", c, "evaluate"),
+            (f"evaluate (random subset){tag}", base, "evaluate"),
         ]
     results = {}
     for name, c, stage in steps:
         if c is not None:
-            results[name] = stage(c, fabric)
+            results[name] = stage_function(c, stage)(c, fabric)  # the task's own stage
             announce(c, fabric, name, results[name])  # each stage says what it did as it ends
     if fabric.is_global_zero:
         ipcs = [c.distill.ipc for c in cfgs]

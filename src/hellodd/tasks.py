@@ -15,6 +15,9 @@ metric          top-1 (and top-5)                      mIoU (and pixel accuracy,
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,11 +25,11 @@ from torch import nn
 from hellodd import engine
 from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
 from hellodd.config import SEGMENTATION_DATA, DataConfig, is_segmenter
-from hellodd.data import DataBundle, load_data, train_class_counts
+from hellodd.data import DataBundle, load_data, per_class_subset, subset, train_class_counts
 from hellodd.errors import UserError
 from hellodd.losses import student_loss
 from hellodd.models import build_model, load_classifier
-from hellodd.segmentation.data import IGNORE, check_segmentation_data, load_segmentation
+from hellodd.segmentation.data import IGNORE, MaskedImages, check_segmentation_data, load_segmentation
 from hellodd.segmentation.metrics import evaluate_segmentation
 from hellodd.segmentation.models import build_segmenter
 from hellodd.segmentation.views import crop_masks, cutmix_masks
@@ -74,8 +77,19 @@ class Classification:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
+    mix_targets = staticmethod(mixed_one_hot)  # (y, num_classes, mix): a CutMix-ed batch's targets
+
     def evaluate(self, fabric, model, ds, classes: list[str], batch_size: int, desc: str = "val") -> dict:
         return engine.evaluate(fabric, model, ds, batch_size, desc=desc)
+
+    def probe(self, val, seed: int):
+        """A few validation images to compare a projector with its teachers on: at most 200 per class."""
+        return subset(val, per_class_subset(val.targets, 200, seed))
+
+    @staticmethod
+    def per_label(logits: torch.Tensor) -> torch.Tensor:
+        """Logits as rows of class scores, one per label: [N, C]."""
+        return logits
 
     # a student's views of a distilled set (hellodd.students)
     def view_targets(self, labels, idx, crops, mix, device) -> torch.Tensor:
@@ -95,9 +109,10 @@ class Segmentation:
     name = "segmentation"
     metric, metric_name = "miou", "mIoU"
     scores = ("miou", "pixel_accuracy", "loss")
-    stages = {  # the dense projector is still to come
+    stages = {
         "teachers": ("teachers", "train_teachers"),
-        "distill": ("segmentation.subset", "run_subset"),
+        "projector": ("projector.transfer", "run_projector"),
+        "distill": ("subset", "run_subset"),
         "evaluate": ("evaluate", "run_evaluate"),
     }
 
@@ -105,10 +120,10 @@ class Segmentation:
         check_segmentation_data(cfg)
 
     def check_set(self, cfg) -> None:
-        if cfg.distill.init != "random":
+        if cfg.distill.init not in ("random", "rded"):
             raise UserError(
-                f"--set distill.init={cfg.distill.init}: segmentation sets are random subsets for now "
-                "(distill.init=random)"
+                f"--set distill.init={cfg.distill.init}: segmentation sets are subsets chosen by the observer "
+                "(rded) or at random"
             )
         if cfg.data.name in ("fashion-mnist-scenes", "synthetic-scenes") and cfg.distill.subset >= 1:
             if cfg.distill.subset > cfg.data.scenes_train:
@@ -134,8 +149,21 @@ class Segmentation:
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y.long(), ignore_index=IGNORE)
 
+    @staticmethod
+    def mix_targets(y, num_classes: int, mix) -> torch.Tensor:
+        return cutmix_masks(y, mix)  # the other view's map pasted in the same box
+
     def evaluate(self, fabric, model, ds, classes: list[str], batch_size: int, desc: str = "val") -> dict:
         return evaluate_segmentation(fabric, model, ds, classes, batch_size, desc)
+
+    def probe(self, val, seed: int):
+        """The first 200 validation scenes (every class appears in a few hundred maps)."""
+        return MaskedImages(val.images[:200], val.masks[:200])
+
+    @staticmethod
+    def per_label(logits: torch.Tensor) -> torch.Tensor:
+        """Logit maps as rows of class scores, one per pixel: [N x H x W, C]."""
+        return logits.movedim(1, -1).reshape(-1, logits.shape[1])
 
     def view_targets(self, labels, idx, crops, mix, device) -> torch.Tensor:
         """Each view's class map: its image's map through the same crop and flip, with the same CutMix box
@@ -168,6 +196,13 @@ TASKS = {"classification": Classification(), "segmentation": Segmentation()}
 def task_of(cfg: DataConfig) -> Classification | Segmentation:
     """The task a dataset poses: segmentation for datasets of class maps, classification otherwise."""
     return TASKS["segmentation" if cfg.name in SEGMENTATION_DATA else "classification"]
+
+
+def stage_function(cfg, stage: str) -> Callable:
+    """The function that runs ``stage`` (teachers, projector, distill, evaluate) for the config's task;
+    imported when asked for (a stage sits above this module)."""
+    module, function = task_of(cfg.data).stages[stage]
+    return getattr(importlib.import_module(f"hellodd.{module}"), function)
 
 
 def build_network(spec: dict) -> nn.Module:

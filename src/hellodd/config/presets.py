@@ -186,7 +186,15 @@ def _imagenet(preset: str, head_rank: int) -> Config:
 
 
 def _scenes(
-    name: str, root: str, size: int, train: int, val: int, teacher: TeacherConfig, subset: int, evaluate: dict
+    name: str,
+    root: str,
+    size: int,
+    train: int,
+    val: int,
+    teacher: TeacherConfig,
+    projector: dict,
+    subset: int,
+    evaluate: dict,
 ) -> Config:
     """A segmentation preset on composed scenes (the segmentation task's demo and its test-sized twin): a
     random subset of ``subset`` training scenes, students of the teacher's architecture, dense label sources."""
@@ -197,14 +205,15 @@ def _scenes(
         teacher=teacher,
         # weak teachers: the pool checkpoints at 30-50% of the trajectory
         projector=ProjectorConfig(
-            teacher_epochs=[e for e in teacher.pool_epochs if 0.3 <= e / teacher.epochs <= 0.5]
+            teacher_epochs=[e for e in teacher.pool_epochs if 0.3 <= e / teacher.epochs <= 0.5], **projector
         ),
-        distill=DistillConfig(init="random", update=False, subset=subset),
+        # the observer's subset (lowest teacher loss, balanced by pixels), the random one beside it
+        distill=DistillConfig(init="rded", update=False, subset=subset),
         engine=EngineConfig(precision="bf16-mixed"),
         evaluate=EvaluateConfig(
             students=[teacher.arch],
-            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed"],
-            baseline_sources=[],  # the set is the random subset
+            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
+            baseline_sources=["hard", "teacher", "projector"],
             **evaluate,
         ),
     )
@@ -236,6 +245,22 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
             augment="flip",
             eval_batch_size=200,
         ),
+        # the dense projector: EfficientNet-Lite0 at the scenes' own 64 px, its last two stride-2 stages
+        # dilated (an 8x8 feature map), the mapped ImageNet classifier at every location
+        {
+            "base": "efficientnet-lite0",
+            "dense": True,
+            "output_stride": 8,
+            "image_size": 64,
+            "encoder_rank": 8,
+            "head_rank": 8,
+            "lr": 3e-3,
+            "head_lr": 3e-2,
+            "epochs": 3,
+            "batch_size": 100,
+            "augment": "flip",
+            "frozen_depth": 0.5,
+        },
         100,
         {"compile": True, "epochs": 300, "batch_size": 100, "eval_batch_size": 200},
     ),
@@ -253,6 +278,20 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
             pool_epochs=[0.5, 1.0, 1.5],
             augment="flip",
         ),
+        {
+            "base": "efficientnet-lite0",
+            "random_init": True,
+            "dense": True,
+            "output_stride": 8,
+            "image_size": 32,
+            "encoder_rank": 2,
+            "head_rank": 2,
+            "epochs": 1,
+            "batch_size": 8,
+            "lr": 5e-3,
+            "augment": "flip",
+            "frozen_depth": 0.5,
+        },
         6,
         {"epochs": 3, "batch_size": 4, "seeds": [0, 1], "compressed_topk": 2},
     ),

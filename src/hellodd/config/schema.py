@@ -134,6 +134,10 @@ class ProjectorConfig:
     random_init: bool = False  # seeded random base weights (the seed is the whole storage)
     base_seed: int = 0
     image_size: int = 224  # projector input resolution
+    # dense: a logit map per image (segmentation), the head applied at every location of the encoder's
+    # feature map, at output_stride (EfficientNet: 32, or 16 / 8 with dilated convolutions)
+    dense: bool = False
+    output_stride: int = 32
     encoder_rank: int = 8
     head_rank: int = 128
     # fraction of encoder layers, from the input side, left without adapters (0 = all adapted, the paper)

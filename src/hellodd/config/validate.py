@@ -117,17 +117,22 @@ def validate(cfg: Config) -> None:
     if cfg.data.name in SEGMENTATION_DATA:  # a class map per pixel: segmentation networks only
         archs = f"convnet-fcn, convnet-fcn-wM or one of {', '.join(TORCHVISION_SEGMENTERS)}"
         known = is_segmenter
-        dense = ("hard", "teacher", "weak-teachers", "stored", "compressed")  # the dense projector is to come
+        dense = ("hard", "teacher", "weak-teachers", "stored", "compressed", "projector")
         names = [*cfg.evaluate.label_sources, *cfg.evaluate.baseline_sources]
         checks += [
             (cfg.evaluate.loss == "mse", "evaluate.loss", "mse for segmentation students (logit maps)"),
+            (cfg.projector.dense, "projector.dense", "true for segmentation (a logit map per image)"),
+            (cfg.projector.train_per_class == 0, "projector.train_per_class", "0 for segmentation"),
             (
                 all(n in dense for n in names),
                 "evaluate.label_sources",
                 f"segmentation label sources among {', '.join(dense)} (not {[n for n in names if n not in dense]})",
             ),
         ]
+    else:
+        checks.append((not cfg.projector.dense, "projector.dense", "false for classification"))
     checks += [
+        (cfg.projector.output_stride in (8, 16, 32), "projector.output_stride", "8, 16 or 32"),
         (known(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),
         (
             all(known(a) for a in cfg.evaluate.students),

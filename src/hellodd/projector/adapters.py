@@ -25,6 +25,7 @@ from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
 from hellodd.projector.bases import Projector, build_base
 from hellodd.projector.efficientnet import fold_same_padding
+from hellodd.projector.model import stored_parameter
 
 FORMAT = "hellodd-projector-v1"
 
@@ -65,13 +66,13 @@ def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: 
         )
         inject_adapter_in_model(config, p)
     for name, param in p.named_parameters():
-        param.requires_grad_("lora_" in name)
+        param.requires_grad_(stored_parameter(name))
     return targets
 
 
 def adapter_tensors(p: nn.Module) -> dict[str, torch.Tensor]:
     p = getattr(p, "module", p)
-    return {n: t.detach().contiguous() for n, t in p.named_parameters() if "lora_" in n}
+    return {n: t.detach().contiguous() for n, t in p.named_parameters() if stored_parameter(n)}
 
 
 def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None = None) -> int:
@@ -89,6 +90,8 @@ def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None 
                 "encoder_rank",
                 "head_rank",
                 "frozen_depth",
+                "dense",
+                "output_stride",
                 "adapter_dtype",
             )
         },

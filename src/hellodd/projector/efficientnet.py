@@ -48,11 +48,12 @@ def _efficientnet_weights(base: str) -> str:
 
 
 class EfficientNetFeatures(nn.Module):
-    """EfficientNet-Lite trunk + global average pooling: [N, 1280] features."""
+    """EfficientNet-Lite trunk + global average pooling: [N, 1280] features; ``dense``: the trunk's feature
+    map [N, 1280, h, w] at ``output_stride`` (32, or 16 / 8 with dilated convolutions, as DeepLab does)."""
 
-    def __init__(self, net):
+    def __init__(self, net, dense: bool = False, output_stride: int = 32):
         super().__init__()
-        self.net = net
+        self.net, self.dense = net, dense
         # 1x1 "same"-padding convs pad nothing: swap them for plain Conv2d (identical math) so peft can adapt them
         for parent in list(net.modules()):
             for name, m in list(parent.named_children()):
@@ -68,9 +69,62 @@ class EfficientNetFeatures(nn.Module):
                     plain.load_state_dict(m.state_dict(), strict=False)
                     setattr(parent, name, plain)
         fold_same_padding(net, symmetric_only=True)  # the stride-1 depthwise layers' pads
+        if output_stride != 32:
+            dilate(net, output_stride)
+
+        # dense: the outputs of the middle stages (strides 4 to 16 of the original trunk) feed the skip head
+        ends = [
+            i
+            for i, b in enumerate(net._blocks[:-1])
+            if b._bn2.num_features != net._blocks[i + 1]._bn2.num_features
+        ]
+        self.taps = ends[1:5] if dense else []
+
+    @property
+    def tap_channels(self) -> list[int]:
+        return [self.net._blocks[i]._bn2.num_features for i in self.taps]
 
     def forward(self, x):
-        return self.net.extract_features(x).mean((2, 3))
+        if not self.dense:
+            return self.net.extract_features(x).mean((2, 3))
+        net, mids = self.net, []
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for i, block in enumerate(net._blocks):
+            x = block(x)  # no drop-connect: the trunk is frozen and in eval mode
+            if i in self.taps:
+                mids.append(x)
+        return net._swish(net._bn1(net._conv_head(x))), mids
+
+
+def dilate(net, output_stride: int) -> None:
+    """Trade the last stride-2 stages for dilated convolutions until the trunk's output stride is
+    ``output_stride`` (16 or 8): the converted stage's depthwise convolution keeps the dilation so far with
+    stride 1, every later one dilates twice as much, so each kernel still sees the neighbours the ImageNet
+    weights were trained on (torchvision's ``replace_stride_with_dilation``).  Weights are unchanged."""
+    if output_stride not in (8, 16, 32):
+        raise UserError(f"--set projector.output_stride={output_stride}: 8, 16 or 32")
+    twos = [i for i, b in enumerate(net._blocks) if b._depthwise_conv.stride[0] == 2]
+    convert = set(twos[len(twos) - {32: 0, 16: 1, 8: 2}[output_stride] :])
+    rate = 1
+    for i, block in enumerate(net._blocks):
+        conv = block._depthwise_conv
+        if i not in convert and rate == 1:
+            continue
+        k = conv.kernel_size[0]
+        plain = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            k,
+            1,
+            rate * (k // 2),
+            dilation=rate,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+        plain.load_state_dict(conv.state_dict(), strict=False)
+        block._depthwise_conv = plain
+        if i in convert:
+            rate *= 2
 
 
 def fold_same_padding(module: nn.Module, symmetric_only: bool = False) -> int:
@@ -210,7 +264,7 @@ def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Pat
         "head_file": efficientnet_head_file(base, wid, classes) if "MiniLM unavailable" not in how else None,
     }
     return Projector(
-        EfficientNetFeatures(net),
+        EfficientNetFeatures(net, pcfg.dense, pcfg.output_stride),
         w,
         b,
         1.0,
@@ -220,4 +274,5 @@ def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Pat
         IMAGENET_STD,
         classes,
         info,
+        pcfg.dense,
     )

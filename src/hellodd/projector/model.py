@@ -4,6 +4,13 @@
     g(x)     = s * n(u(x)) @ (W0 + dW)^T + b0        logits over the C classes
     n(u)     = u / ||u||   (CLIP bases)   or   u   (bases without a text tower)
 
+A dense projector (segmentation) applies the same head at every location of the encoder's feature map,
+u(x) in [N, D, h, w], and upsamples the logit map to the input's size (bilinear): the class-name head a
+base brings for whole images labels each location, as MaskCLIP applies CLIP's text embeddings per patch.
+A base whose last features are too coarse for pixels also hands over intermediate maps: a skip head (one
+1x1 convolution per map, FCN's skips, zero at the start) adds their logits.  Nothing public gives its
+start, so it is learnt in full and stored beside the adapters (its bytes are counted with theirs).
+
 Each base (:mod:`.clip`, :mod:`.efficientnet`) builds one from its encoder and its head's start;
 :mod:`.bases` picks the base by name.
 """
@@ -20,6 +27,30 @@ from torch import nn
 from hellodd.augment import resize
 
 
+def stored_parameter(name: str) -> bool:
+    """What a projector file stores: the LoRA factors and the skip head's weights (all the rest is public)."""
+    return "lora_" in name or name.startswith("skip.")
+
+
+class SkipHead(nn.Module):
+    """Logits from intermediate feature maps: a 1x1 convolution per map, summed on the finest map's grid."""
+
+    def __init__(self, channels: list[int], num_classes: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in channels)
+        for conv in self.convs:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        size = maps[0].shape[-2:]
+        out = [
+            F.interpolate(c(m), size=size, mode="bilinear", align_corners=False)
+            for c, m in zip(self.convs, maps)
+        ]
+        return torch.stack(out).sum(0)
+
+
 def cache_key(**parts) -> str:
     """A short digest naming a cached head initialisation by everything it was derived from."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -29,7 +60,18 @@ class Projector(nn.Module):
     """Frozen encoder + head; ``forward`` and ``encode`` take [0,1] images of any channels/size."""
 
     def __init__(
-        self, encoder, head_weight, head_bias, scale, normalize, image_size, mean, std, classes, info
+        self,
+        encoder,
+        head_weight,
+        head_bias,
+        scale,
+        normalize,
+        image_size,
+        mean,
+        std,
+        classes,
+        info,
+        dense: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -42,6 +84,9 @@ class Projector(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.normalize, self.image_size, self.classes, self.info = normalize, image_size, list(classes), info
+        self.dense = dense
+        taps = getattr(encoder, "tap_channels", []) if dense else []
+        self.skip = SkipHead(taps, head_weight.shape[0]) if taps else None
         self.requires_grad_(False)
         # channels-last convolution weights (activations follow): EfficientNet-Lite's depthwise layers run
         # faster per LoRA training step and per eager labelling batch on a CPU (docs/performance.md)
@@ -60,11 +105,17 @@ class Projector(nn.Module):
         return (x - self.mean) / self.std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """u(x): image-encoder features before normalisation, [N, D]."""
+        """u(x): image-encoder features before normalisation, [N, D] (dense: [N, D, h, w])."""
         return self.encoder(self.prepare(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.encode(x)
-        if self.normalize:
-            u = F.normalize(u, dim=-1)
-        return self.scale * self.head(u)
+        if not self.dense:
+            return self.scale * self.head(F.normalize(u, dim=-1) if self.normalize else u)
+        u, maps = u if isinstance(u, tuple) else (u, [])
+        u = u.permute(0, 2, 3, 1)  # the head (and its LoRA) runs on the last dimension, per location
+        logits = (self.scale * self.head(F.normalize(u, dim=-1) if self.normalize else u)).permute(0, 3, 1, 2)
+        if self.skip is not None:
+            skip = self.skip(maps)
+            logits = F.interpolate(logits, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import apply_cutmix, augment, mixed_one_hot, sample_cutmix, to_float
+from hellodd.augment import apply_cutmix, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
-from hellodd.data import load_data, per_class_subset, subset
+from hellodd.data import per_class_subset, subset
 from hellodd.errors import UserError
 from hellodd.io import sha256
 from hellodd.labels import MeanLogits
@@ -43,11 +43,11 @@ from hellodd.layout import (
     cache_dir,
     projector_path,
 )
-from hellodd.models import load_classifier
 from hellodd.projector.adapters import adapter_tensors, add_adapters, save_adapters
 from hellodd.projector.bases import build_base
 from hellodd.records import peak_memory_mib, write_config, write_results
 from hellodd.resume import ResumePoint
+from hellodd.tasks import load_network, task_of
 from hellodd.teachers import load_pool
 
 
@@ -120,26 +120,31 @@ def _val_logits(fabric, models: list[nn.Module], ds, batch_size: int) -> list[to
 
 
 def transfer_batch(
-    x: torch.Tensor, y: torch.Tensor, pcfg: ProjectorConfig, num_classes: int, g: torch.Generator
+    task, x: torch.Tensor, y: torch.Tensor, pcfg: ProjectorConfig, num_classes: int, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One transfer batch: augmented images and CE targets (class indices, or CutMix-ed one-hot rows).
+    """One transfer batch: augmented images and CE targets (class indices or CutMix-ed one-hot rows; class
+    maps moved with their images for segmentation).
 
     With probability ``pcfg.cutmix_prob`` the batch is CutMix-ed (alpha 1), as the students' batches will be;
     the teachers then label the mixed images, so the projector learns their answers on such views.
     """
-    x = augment(to_float(x), pcfg.augment, g)
+    x, y = task.augment(to_float(x), y, pcfg.augment, g)
     if pcfg.cutmix_prob > 0 and float(torch.rand(1, generator=g)) < pcfg.cutmix_prob:
         mix = sample_cutmix(len(x), x.shape[-1], 1.0, g)
         x = apply_cutmix(x, mix)
-        y = mixed_one_hot(y, num_classes, mix)
+        y = task.mix_targets(y, num_classes, mix)
     return x, y
 
 
+HEADS = ("head.", "skip.")  # the near-linear probes: trained at head_lr
+
+
 def adapter_optimizer(proj: nn.Module, pcfg: ProjectorConfig) -> torch.optim.Optimizer:
-    """AdamW over the LoRA factors: the encoder's at ``lr``, the head's at ``head_lr`` (0 = ``lr``)."""
+    """AdamW over the LoRA factors: the encoder's at ``lr``, the heads' (and a dense projector's skip head) at
+    ``head_lr`` (0 = ``lr``)."""
     groups = [
-        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and not n.startswith("head.")]},
-        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and n.startswith("head.")]},
+        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and not n.startswith(HEADS)]},
+        {"params": [p for n, p in proj.named_parameters() if p.requires_grad and n.startswith(HEADS)]},
     ]
     for g, base_lr in zip(groups, (pcfg.lr, pcfg.head_lr or pcfg.lr)):
         g["base_lr"] = base_lr
@@ -153,8 +158,11 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None
         g["lr"] = g["base_lr"] * factor
 
 
-def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module, x, y, ce_weight: float):
-    """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y``.
+def transfer_loss(
+    fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module, x, y, ce_weight: float, task=None
+):
+    """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y`` (per
+    pixel for segmentation, ignored pixels left out: the task's loss).
 
     The teachers run under the same autocast as the projector, as they do when they label a student's batch.
     """
@@ -162,7 +170,7 @@ def transfer_loss(fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module
         z = teacher_logits(teachers, x).float()
         logits = proj(x).float()
     mse = F.mse_loss(logits, z.clone())
-    ce = F.cross_entropy(logits, y)
+    ce = task.loss(logits, y) if task is not None else F.cross_entropy(logits, y)
     return mse + ce_weight * ce, mse, ce
 
 
@@ -170,10 +178,11 @@ def train_projector(
     cfg: Config, fabric, pcfg: ProjectorConfig, out: Path, bundle, teachers: list[dict]
 ) -> dict:
     """LoRA transfer for one base; writes ``out/adapters.safetensors`` and returns its metrics."""
+    task = task_of(cfg.data)
     train = bundle.train
     if pcfg.train_per_class:
         train = subset(train, per_class_subset(train.targets, pcfg.train_per_class, cfg.engine.seed))
-    teacher_models = [engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers]
+    teacher_models = [engine.frozen(fabric, load_network(t["path"])[0]) for t in teachers]
     proj = build_base(pcfg, bundle.classes, cache_dir(cfg))
     targets = add_adapters(proj, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
     n_adapter = sum(p.numel() for p in proj.parameters() if p.requires_grad)
@@ -181,8 +190,8 @@ def train_projector(
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "projector")
     proj = proj.to(fabric.device)
-    probe = subset(bundle.val, per_class_subset(bundle.val.targets, 200, cfg.engine.seed))  # <= 200 per class
-    zero_shot = engine.evaluate(fabric, proj, probe, 250, desc="zero-shot")
+    probe = task.probe(bundle.val, cfg.engine.seed)
+    zero_shot = task.evaluate(fabric, proj, probe, bundle.classes, 250, desc="zero-shot")
 
     world = fabric.world_size
     spe = engine.steps_per_epoch(len(train), pcfg.batch_size, world, drop_last=False)
@@ -224,8 +233,8 @@ def train_projector(
         for x, y in dl:
             set_lr(opt, step, total, warm)
             gen = engine.step_generator(cfg.engine.seed + 1, step, fabric.global_rank)
-            x, y = transfer_batch(x, y, pcfg, len(bundle.classes), gen)
-            loss, mse, ce = transfer_loss(fabric, proj_ddp, teacher_models, x, y, pcfg.ce_weight)
+            x, y = transfer_batch(task, x, y, pcfg, len(bundle.classes), gen)
+            loss, mse, ce = transfer_loss(fabric, proj_ddp, teacher_models, x, y, pcfg.ce_weight, task)
             opt.zero_grad(set_to_none=True)
             fabric.backward(loss)
             opt.step()
@@ -240,8 +249,9 @@ def train_projector(
                 break  # the loader restarts at the next step's position
     bar.close()
     seconds = time.perf_counter() - t0
-    val = engine.evaluate(fabric, proj, bundle.val, 250, desc="val")
+    val = task.evaluate(fabric, proj, bundle.val, bundle.classes, 250, desc="val")
     logits = _val_logits(fabric, [proj, *teacher_models], probe, 250)  # this rank's share of the probe set
+    logits = [task.per_label(t) for t in logits]  # segmentation: one row per pixel
     agree = agreement(torch.stack(logits[1:]).mean(0), logits[0])
     path = out / ADAPTER_FILE
     metrics = {
@@ -251,20 +261,21 @@ def train_projector(
         "encoder_rank": pcfg.encoder_rank,
         "head_rank": pcfg.head_rank,
         "image_size": pcfg.image_size,
-        "teachers": [{k: t[k] for k in ("epoch", "top1")} for t in teachers],
+        "teachers": [{k: t[k] for k in ("epoch", task.metric)} for t in teachers],
         "train_images": len(train),
         "steps": total,
         "seconds": seconds,
         "peak_memory_mib": peak_memory_mib(fabric.device),
-        "zero_shot_val_top1": zero_shot["top1"],
-        "zero_shot_probe_images": zero_shot["n"],
-        "val_top1": val["top1"],
-        "val_top5": val["top5"],
+        f"zero_shot_val_{task.metric}": zero_shot[task.metric],
+        "zero_shot_probe_images": len(probe),
+        **{f"val_{k}": val[k] for k in task.scores if k in val and k != "loss"},
         "teacher_agreement": agree,
         "history": history,
     }
     if fabric.is_global_zero:
-        save_adapters(path, proj, pcfg, {"teachers": metrics["teachers"], "val_top1": val["top1"]})
+        save_adapters(
+            path, proj, pcfg, {"teachers": metrics["teachers"], f"val_{task.metric}": val[task.metric]}
+        )
         metrics["adapter_bytes"] = path.stat().st_size
         storage = {
             "what": "LoRA adapters (all a user stores to regenerate labels; the base is public/seeded)",
@@ -278,27 +289,29 @@ def train_projector(
 
 
 def run_projector(cfg: Config, fabric) -> dict:
+    task = task_of(cfg.data)
     pool = load_pool(cfg)
-    bundle = load_data(cfg.data, cfg.engine.seed)
+    bundle = task.load(cfg.data, cfg.engine.seed)
     pool["classes"] = bundle.classes
     teachers = weak_teachers(pool, cfg)
     out = projector_path(cfg).parent
     result = train_projector(cfg, fabric, cfg.projector, out, bundle, teachers)
     kind = "pretrained" if result["base"]["pretrained"] else "random"
-    used = ", ".join("{:g}:{:.1f}".format(t["epoch"], t["top1"]) for t in result["teachers"])
+    m, name = task.metric, task.metric_name
+    used = ", ".join("{:g}:{:.1f}".format(t["epoch"], t[m]) for t in result["teachers"])
     line = (
-        f"projector {cfg.projector.base} ({kind}): val top-1 {result['zero_shot_val_top1']:.2f}% before LoRA -> "
-        f"{result['val_top1']:.2f}% after ({result['adapter_params']:,} adapter params, "
-        f"{result.get('adapter_bytes', 0):,} B); weak teachers (epoch:top-1) {used}"
+        f"projector {cfg.projector.base} ({kind}): val {name} {result[f'zero_shot_val_{m}']:.2f}% before LoRA "
+        f"-> {result[f'val_{m}']:.2f}% after ({result['adapter_params']:,} adapter params, "
+        f"{result.get('adapter_bytes', 0):,} B); weak teachers (epoch:{name}) {used}"
     )
     if cfg.projector.ablate_random_base and not cfg.projector.random_init:
         rnd = train_projector(
             cfg, fabric, replace(cfg.projector, random_init=True), out / RANDOM_BASE_FOLDER, bundle, teachers
         )
         result["random_base"] = {
-            k: rnd[k] for k in ("val_top1", "zero_shot_val_top1", "teacher_agreement", "seconds")
+            k: rnd[k] for k in (f"val_{m}", f"zero_shot_val_{m}", "teacher_agreement", "seconds")
         }
-        line += f"; same on a seeded-random base: {rnd['val_top1']:.2f}%"
+        line += f"; same on a seeded-random base: {rnd[f'val_{m}']:.2f}%"
         if fabric.is_global_zero:
             write_results(out, result, json.loads((out / STORAGE_FILE).read_text()))
     result["summary"] = line
