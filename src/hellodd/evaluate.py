@@ -26,6 +26,7 @@ trains whole runs alone instead (one-process runs; :func:`run_evaluate`).
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -44,13 +45,14 @@ from hellodd.layout import (
     RESULTS_MD,
     distilled_dir,
     evaluate_dir,
+    label_store_dir,
     student_run_file,
     student_runs_dir,
     student_state_file,
 )
 from hellodd.records import write_config, write_results
 from hellodd.sets import read_set
-from hellodd.sources import build_label_sources
+from hellodd.sources import STORED, build_label_sources
 from hellodd.students import train_student
 from hellodd.tables import results_table
 from hellodd.tasks import task_of
@@ -59,7 +61,7 @@ from hellodd.tasks import task_of
 def run_key(cfg: Config, images_sha: str, source, arch: str, seed: int, world: int) -> str:
     """Everything one (source, student, seed) run depends on: a finished run or a resume state made from
     anything else is not reused."""
-    chosen = ("label_sources", "baseline_sources", "students", "seeds")
+    chosen = ("label_sources", "baseline_sources", "students", "seeds", "keep_stored")
     return digest(
         {
             "images_sha256": images_sha,
@@ -146,6 +148,10 @@ def run_evaluate(cfg: Config, fabric) -> dict:
             done[(seed, arch, name)] = _student_run(
                 worker, student_runs_dir(cfg), key, src, arch, seed, train, where
             )
+        if not ev.keep_stored:
+            for name in STORED:
+                if name in needed:
+                    shutil.rmtree(label_store_dir(cfg, name, seed) / f"rank{worker.global_rank}")
     if spread:  # every rank's rows and label costs, on every rank
         shares = [None] * fabric.world_size
         dist.all_gather_object(shares, (done, cost))
@@ -175,11 +181,14 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "table": table,
         "seconds": time.perf_counter() - t0,
     }
+    metrics["stored_deleted"] = not ev.keep_stored and any(n in STORED for n in ev.label_sources)
     parts = [f"{k} {v:.2f}%" for k, v in means.items()]
     metrics["summary"] = (
         f"evaluate {d.name} ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): "
         f"mean {task.metric_name} " + ", ".join(parts)
     )
+    if metrics["stored_deleted"]:
+        metrics["summary"] += "; stored label files deleted after each seed (bytes measured before)"
     if fabric.is_global_zero:
         write_results(out, metrics, {k: v for k, v in cost.items()})
         write_bytes(out / RESULTS_MD, (table + "\n").encode())

@@ -221,6 +221,9 @@ class EvaluateConfig:
     # the other classes get the mean of the dropped logits) for a fraction of the epochs (the rest replay them)
     compressed_topk: int = 3
     compressed_epoch_fraction: float = 0.5
+    # false: each seed's stored label files are deleted once its runs are done (their bytes are measured
+    # first), for dense labels that would crowd the disk: a run that resumes writes them again
+    keep_stored: bool = True
     eval_batch_size: int = 500
     crop_min_scale: float = 0.5  # random-resized-crop area range (crop_min_scale, 1); RDED uses 1/factor
     lr_per_arch: bool = False  # RDED's per-architecture learning rates instead of evaluate.lr
