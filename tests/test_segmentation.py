@@ -346,3 +346,93 @@ def test_a_segmentation_run_evaluates_the_observers_and_a_random_subset(scenes_r
     report = (out / "report.md").read_text()
     assert "| mIoU (mean ± std, n) |" in report and "% val mIoU." in report and "top-1" not in report
     assert main(["report", str(out), "--to", str(out / "report")]) == 0
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_an_exported_segmentation_set_loads_and_trains_in_a_fresh_process(scenes_run, tmp_path):
+    import subprocess
+
+    from conftest import PYTHON, cli_env
+    from hellodd.cli import main
+    from hellodd.io import read_json
+
+    dest = tmp_path / "scenes-set"
+    args = ["export", "--preset", "synthetic-scenes", "--out", str(scenes_run), "--to", str(dest)]
+    assert main([*args, "--tar", "--png"]) == 0
+    manifest = read_json(dest / "manifest.json")
+    assert manifest["task"] == "segmentation" and manifest["base"]["dense"] and manifest["ipc"] is None
+    assert "miou_mean" in manifest["results"]["per_source"]["projector"]["convnet-fcn-w16"]
+    assert (dest / "png" / "masks").is_dir() and "mIoU" in (dest / "README.md").read_text()
+    code = f"""
+import hellodd, torch
+ds = hellodd.load({str(dest.with_suffix(".tar"))!r})
+assert ds.task == "segmentation" and ds.labels.shape == (6, 16, 16), (ds.task, ds.labels.shape)
+model = torch.nn.Conv2d(1, len(ds.classes), 3, padding=1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for x, y, target in ds.loader(batch_size=4, epochs=1, seed=0):
+    assert y.shape == (4, 16, 16) and target.shape == (4, len(ds.classes), 16, 16)
+    assert set(y.unique().tolist()) <= set(range(len(ds.classes))) | {{255}}
+    loss = ds.loss(model(x), target, y)
+    opt.zero_grad(); loss.backward(); opt.step()
+print("loss", float(loss))
+"""
+    done = subprocess.run(
+        [PYTHON, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loss" in done.stdout
+
+
+def test_a_voc_run_without_its_sam_checkpoint_is_refused_before_any_stage(tmp_path, capsys):
+    from hellodd.cli import main
+
+    _voc(tmp_path / "voc")
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "voc", "--data", str(tmp_path / "voc"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "projector.checkpoint" in err[0] and "sam:vit_b" in err[0]
+    assert not out.exists()
+
+
+def test_a_sam_base_is_a_dense_projector_bound_to_its_checkpoint(tmp_path):
+    from hellodd.config import ProjectorConfig
+    from hellodd.io import load_tensors
+    from hellodd.projector import add_adapters, build_base, load_projector, save_adapters
+    from hellodd.projector.sam import sam_encoder
+
+    torch.manual_seed(5)
+    ckpt = tmp_path / "sam_tiny.pth"  # the official layout: the whole model's state dict
+    torch.save(
+        {f"image_encoder.{k}": v for k, v in sam_encoder("hellodd-vit-tiny").state_dict().items()}, ckpt
+    )
+    pcfg = ProjectorConfig(
+        base="sam:hellodd-vit-tiny",
+        checkpoint=str(ckpt),
+        dense=True,
+        image_size=32,
+        encoder_rank=2,
+        head_rank=0,
+    )
+    p = build_base(pcfg, ["background", "a", "b"])
+    add_adapters(p, 2, 0)
+    stored = {n for n, q in p.named_parameters() if q.requires_grad}
+    assert {"head.weight", "head.bias"} <= stored and any("lora_" in n for n in stored)
+    with torch.no_grad():
+        p.head.weight.normal_()
+    out = p(torch.rand(2, 1, 20, 20))
+    assert out.shape == (2, 3, 20, 20)
+    save_adapters(tmp_path / "a.safetensors", p, pcfg)
+    tensors, meta = load_tensors(tmp_path / "a.safetensors")
+    assert "head.weight" in tensors and meta["base_info"]["checkpoint_sha256"]
+    q = load_projector(tmp_path / "a.safetensors")
+    assert torch.allclose(
+        q(torch.rand(2, 1, 20, 20) * 0 + 0.5), p.eval()(torch.full((2, 1, 20, 20), 0.5)), atol=1e-5
+    )
+    other = tmp_path / "other.pth"
+    torch.save(
+        {f"image_encoder.{k}": v * 2 for k, v in sam_encoder("hellodd-vit-tiny").state_dict().items()}, other
+    )
+    with pytest.raises(UserError, match="sha256 differs"):
+        load_projector(tmp_path / "a.safetensors", checkpoint=other)
+    with pytest.raises(UserError, match="needs a SAM checkpoint"):
+        build_base(ProjectorConfig(base="sam:hellodd-vit-tiny", dense=True, image_size=32), ["a"])

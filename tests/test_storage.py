@@ -52,3 +52,10 @@ def test_label_storage_sources(tmp_path):
     assert storage.label_storage("stored", stored_files=[f, f])["bytes"] == 246
     with pytest.raises(ValueError):
         storage.label_storage("psychic")
+
+
+def test_the_b4_projector_is_counted_from_a_real_sam_vit_b():
+    ad = storage.paper_sam_adapter(8, 150)
+    assert ad["head_params"] == 256 * 150 + 150  # the neck's 256 channels to 150 classes, learnt in full
+    assert 89e6 < ad["base_params"] < 90e6  # the image encoder: the paper's "89.85M" SAM-B
+    assert ad["bytes"] == 4 * ad["params"] and ad["encoder_params"] == ad["params"] - ad["head_params"]

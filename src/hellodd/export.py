@@ -25,11 +25,12 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from hellodd.config import Config
+from hellodd.config import IGNORE_INDEX, Config
 from hellodd.errors import UserError
 from hellodd.io import atomic_path, file_metadata, read_json, tensor_sha256, write_bytes, write_json
 from hellodd.layout import (
     ADAPTER_FILE,
+    CONTACT_SHEET,
     IMAGES_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -50,11 +51,13 @@ from hellodd.sets import (
     sealed,
     write_png_tree,
 )
+from hellodd.subset import mask_pictures
 from hellodd.tables import aggregate
+from hellodd.tasks import task_of
 from hellodd.version import __version__
 
 ROLES = {
-    IMAGES_FILE: "the distilled images (uint8 [N, C, H, W]) and their class labels",
+    IMAGES_FILE: "the distilled images (uint8 [N, C, H, W]) and their labels (class indices or class maps)",
     ADAPTER_FILE: "LoRA adapters of the image-to-label projector: the light labels",
 }
 
@@ -70,18 +73,20 @@ def head_file_of(adapter_meta: dict) -> str:
 
 
 def measured_results(cfg: Config, images) -> dict | None:
-    """The set's evaluation (per label source: mean ± std top-1, label bytes), if it was made on these images."""
+    """The set's evaluation (per label source: mean ± std of the task's metric, label bytes), if it was made
+    on these images."""
     path = evaluate_dir(cfg) / METRICS_FILE
     if not path.is_file():
         return None
     m = read_json(path)
     if m.get("images_sha256") != tensor_sha256(images):
         return None  # evaluated before the set was distilled again: not this set's numbers
-    out: dict = {"epochs": m.get("epochs"), "per_source": {}}
+    metric = m.get("metric", "top1")
+    out: dict = {"epochs": m.get("epochs"), "metric": metric, "per_source": {}}
     for e in aggregate(m["rows"], m["storage"]):
         out["per_source"].setdefault(e["source"], {})[e["student"]] = {
-            "top1_mean": e["mean"],
-            "top1_std": e["std"],
+            f"{metric}_mean": e["mean"],
+            f"{metric}_std": e["std"],
             "seeds": e["n"],
             "label_bytes": e["bytes"],
         }
@@ -92,15 +97,26 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
     clip = p["base"].startswith("clip:")
     total = sum(v["bytes"] for v in parts.values())
+    task = task_of(cfg.data).name
+    if task == "segmentation":
+        formula = (
+            "MSE(student logit maps, labeller logit maps) + ce_weight * CE(student logit maps, class map) "
+            f"over labelled pixels ({IGNORE_INDEX} = ignored)"
+        )
+    elif ev.loss == "mse":
+        formula = "MSE(student logits, labeller logits) + ce_weight * CE(student logits, label)"
+    else:
+        formula = "KL(softmax(labeller / T) || softmax(student / T))"
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "hellodd_version": __version__,
         "name": name,
+        "task": task,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": set_meta["classes"],
         "count": set_meta["count"],
-        "ipc": set_meta["ipc"],
+        "ipc": set_meta.get("ipc"),  # a segmentation subset counts images, not images per class
         "image_shape": set_meta["resolution"],
         "variant": set_meta["variant"],
         "source": set_meta["source"],
@@ -114,6 +130,7 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
             "encoder_rank": p["encoder_rank"],
             "head_rank": p["head_rank"],
             "frozen_depth": p["frozen_depth"],
+            "dense": p.get("dense", False),  # a logit map per image (segmentation)
             "adapter_dtype": p["adapter_dtype"],
             "head_init": info.get("head_init"),
         },
@@ -138,9 +155,7 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
             "name": ev.loss,
             "ce_weight": ev.ce_weight,
             "temperature": ev.temperature,
-            "formula": "MSE(student logits, labeller logits) + ce_weight * CE(student logits, label)"
-            if ev.loss == "mse"
-            else "KL(softmax(labeller / T) || softmax(student / T))",
+            "formula": formula,
         },
         "training": {
             "optimizer": "AdamW, no weight decay on biases and norm weights",
@@ -162,11 +177,24 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
 def card(m: dict) -> str:
     """The README.md beside the manifest."""
     b, tr, v = m["base"], m["training"], m["views"]
+    dense = m.get("task") == "segmentation"
+    per = "a class map each" if dense else f"{m['ipc']} per class"
+    if dense:
+        model = (
+            "model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(\n"
+            "    num_classes=len(ds.classes), weights=None, weights_backbone=None)"
+        )
+        call = 'model(x.expand(-1, 3, -1, -1))["out"]'
+    else:
+        model, call = (
+            "model = torchvision.models.resnet18(num_classes=len(ds.classes))",
+            "model(x.expand(-1, 3, -1, -1))",
+        )
     lines = [
         f"# {m['name']}",
         "",
         f"A distilled dataset with light labels, made by hellodd {m['hellodd_version']} (HeLlO, arXiv 2408.08201):",
-        f"{m['count']} images ({m['ipc']} per class, {len(m['classes'])} classes, {m['image_shape']} each, "
+        f"{m['count']} images ({per}, {len(m['classes'])} classes, {m['image_shape']} each, "
         f"{m['variant']} from {m['source']}), labelled by LoRA adapters on a frozen {b['name']} base "
         f"({'seeded random' if b['seed'] is not None else 'pretrained'}; encoder rank {b['encoder_rank']}, "
         f"head rank {b['head_rank']}).",
@@ -179,11 +207,11 @@ def card(m: dict) -> str:
         "```python",
         "import hellodd, torch, torchvision",
         f'ds = hellodd.load("{m["name"]}")  # checks every part; rebuilds the labeller',
-        "model = torchvision.models.resnet18(num_classes=len(ds.classes))",
+        model,
         f"opt = torch.optim.AdamW(model.parameters(), lr={tr['lr']:g}, weight_decay={tr['weight_decay']:g})",
         f"for x, y, target in ds.loader(batch_size={v['batch_size']}, epochs={tr['epochs']}, seed=0):"
         "  # crops, flips, CutMix + labels",
-        "    loss = ds.loss(model(x.expand(-1, 3, -1, -1)), target, y)",
+        f"    loss = ds.loss({call}, target, y)",
         "    opt.zero_grad(); loss.backward(); opt.step()",
         "```",
         "",
@@ -198,19 +226,20 @@ def card(m: dict) -> str:
         ]
     res = m.get("results")
     if res:
+        key = res.get("metric", "top1")
+        name = {"top1": "top-1", "miou": "mIoU"}.get(key, key)
         lines += [
             "",
-            f"## Measured ({res['epochs']} epochs, final-epoch top-1, mean ± std over seeds)",
+            f"## Measured ({res['epochs']} epochs, final-epoch {name}, mean ± std over seeds)",
             "",
-            "| label source | student | top-1 | label bytes |",
+            f"| label source | student | {name} | label bytes |",
             "|---|---|---|---|",
         ]
         for source, per in res["per_source"].items():
             for student, r in per.items():
                 nb = f"{r['label_bytes']:,}" if r["label_bytes"] is not None else "-"
-                lines.append(
-                    f"| {source} | {student} | {r['top1_mean']:.2f} ± {r['top1_std']:.2f} ({r['seeds']}) | {nb} |"
-                )
+                mean, std = r[f"{key}_mean"], r[f"{key}_std"]
+                lines.append(f"| {source} | {student} | {mean:.2f} ± {std:.2f} ({r['seeds']}) | {nb} |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +266,16 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
     if head and (cache_dir(cfg) / head).is_file():
         shutil.copyfile(cache_dir(cfg) / head, tmp / "base" / head)
         roles[f"base/{head}"] = "the base head's initialisation (recomputable from the public base and names)"
-    if png:
+    if png and labels.ndim == 3:  # a segmentation set: png/images and png/masks
+        mask_pictures(images, labels, set_meta["classes"], tmp)
+        (tmp / CONTACT_SHEET).unlink()
+        roles.update(
+            {
+                p.relative_to(tmp).as_posix(): "image or class map (PNG)"
+                for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))
+            }
+        )
+    elif png:
         write_png_tree(images, labels, set_meta["classes"], tmp / PNG_FOLDER)
         roles.update(
             {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))}

@@ -6,6 +6,9 @@
     ds.images, ds.labels, ds.classes                      # uint8 [N, C, H, W], int64 [N], names in order
     ds.dataset()                                          # a torch Dataset of ([0, 1] image, label)
     ds.labeller("cuda")                                   # frozen module: batch of [0, 1] views -> logits
+
+A segmentation set (``ds.task == "segmentation"``) has a class map per image (``ds.labels``: [N, H, W], 255 =
+ignored); its labeller and loader give logit maps [B, K, H, W] and each view's class map as ``y``.
     for x, y, target in ds.loader(100, epochs=300, seed=0, device="cuda"):
         loss = ds.loss(student(x), target, y)             # the loss the labels are meant for
 
@@ -19,15 +22,16 @@ from __future__ import annotations
 import tarfile
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from hellodd.errors import UserError
 from hellodd.labels import Stream, render
 from hellodd.layout import ADAPTER_FILE, IMAGES_FILE, MANIFEST_FILE
-from hellodd.losses import logit_loss
 from hellodd.projector.adapters import load_projector, merged_for_inference
 from hellodd.sets import read_export_manifest, read_images, verify_file
+from hellodd.tasks import TASKS
 
 
 class _Images(torch.utils.data.Dataset):
@@ -38,8 +42,8 @@ class _Images(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        x = self.images[i].float() / 255
-        return (self.transform(x) if self.transform else x), int(self.labels[i])
+        x, y = self.images[i].float() / 255, self.labels[i]
+        return (self.transform(x) if self.transform else x), (int(y) if y.ndim == 0 else y)
 
 
 class LightSet:
@@ -49,6 +53,9 @@ class LightSet:
         self.root, self.manifest, self.base_checkpoint = root, manifest, base_checkpoint
         self.images, self.labels, _ = read_images(root / IMAGES_FILE)
         self.classes: list[str] = list(manifest["classes"])
+        self.task: str = manifest.get("task", "classification")
+        if self.task not in TASKS:
+            raise UserError(f"{root / MANIFEST_FILE}: unknown task {self.task!r}")
         self._labellers: dict[str, torch.nn.Module] = {}
 
     def __len__(self) -> int:
@@ -62,7 +69,8 @@ class LightSet:
         )
 
     def dataset(self, transform=None) -> torch.utils.data.Dataset:
-        """The images as a standard Dataset of ([0, 1] float image, class index), for your own augmentation."""
+        """The images as a standard Dataset of ([0, 1] float image, class index or class map), for your own
+        augmentation."""
         return _Images(self.images, self.labels, transform)
 
     def labeller(self, device="cpu") -> torch.nn.Module:
@@ -79,7 +87,8 @@ class LightSet:
 
     def loader(self, batch_size: int | None = None, epochs: int | None = None, seed: int = 0, device="cpu"):
         """Yield ``(x, y, target)`` per student step: views (random-resized crops, flips, CutMix of the
-        manifest's recipe, made on ``device``), their class labels, and the labeller's logits on them.
+        manifest's recipe, made on ``device``), their class labels (segmentation: each view's class map, moved
+        and mixed with its pixels), and the labeller's logits on them.
 
         The views are a pure function of ``seed`` (hellodd's evaluation of a set with ``engine.seed`` S uses
         stream seed ``S * 1000 + student seed``).  Defaults: the manifest's batch size and epochs."""
@@ -92,19 +101,21 @@ class LightSet:
             min_scale=v["crop_scale"][0],
             cutmix_alpha=v["cutmix_alpha"],
         )
-        labeller = self.labeller(device)
+        labeller, task = self.labeller(device), TASKS[self.task]
         for epoch in range(epochs or self.manifest["training"]["epochs"]):
             for step in range(stream.steps_per_epoch):
                 idx, crops, mix = stream.batch_params(epoch, step)
                 x = render(self.images, idx, crops, mix, device)
                 with torch.inference_mode():
                     target = labeller(x).float()
-                yield x, self.labels[idx].to(device), target.clone()
+                yield x, task.view_targets(self.labels, idx, crops, mix, device), target.clone()
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss the labels are meant for (manifest ``loss``): MSE on logits + ce_weight x CE, or KL at T."""
+        """The loss the labels are meant for (manifest ``loss``): MSE on logits + ce_weight x CE, or KL at T
+        (segmentation: per pixel, ignored pixels left out of the CE)."""
         spec = self.manifest["loss"]
-        return logit_loss(logits, target, y, spec["name"], spec["ce_weight"], spec["temperature"])
+        ev = SimpleNamespace(loss=spec["name"], ce_weight=spec["ce_weight"], temperature=spec["temperature"])
+        return TASKS[self.task].student_loss(ev, logits, target, "logits", y)
 
 
 def _unpack(path: Path) -> Path:

@@ -219,6 +219,55 @@ def _scenes(
     )
 
 
+def _sam_segmentation(name: str, data: DataConfig, subset: float) -> Config:
+    """A real segmentation dataset with the supplement's B.4 recipe: a SAM ViT-B image encoder as the dense
+    projector's base (the user's checkpoint: ``--set projector.checkpoint=sam_vit_b_01ec64.pth``; a run without
+    it is refused before any stage), a DeepLabV3 teacher, a subset of the training images as the set."""
+    epochs = 30
+    pool = [1.0, 3.0, 6.0, 9.0, 12.0, 15.0, 20.0, 25.0, 30.0]
+    return Config(
+        preset=name,
+        out=f"runs/{name}",
+        data=data,
+        teacher=TeacherConfig(
+            arch="deeplabv3_resnet50",
+            epochs=epochs,
+            batch_size=16,
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=1e-4,
+            lr_step=10,
+            lr_gamma=0.3,
+            pool_epochs=pool,
+            augment="flip",
+            eval_batch_size=16,
+        ),
+        projector=ProjectorConfig(
+            base="sam:vit_b",
+            dense=True,
+            image_size=1024,
+            encoder_rank=8,
+            head_rank=0,  # SAM's head is learnt in full
+            lr=1e-3,
+            head_lr=1e-2,
+            epochs=10,
+            batch_size=8,
+            augment="flip",
+            teacher_epochs=[e for e in pool if 0.3 <= e / epochs <= 0.5],
+        ),
+        distill=DistillConfig(init="rded", update=False, subset=subset),
+        evaluate=EvaluateConfig(
+            students=["deeplabv3_mobilenet_v3_large"],
+            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
+            baseline_sources=["hard", "teacher", "projector"],
+            epochs=300,
+            batch_size=16,
+            eval_batch_size=16,
+            keep_stored=False,
+        ),
+    )
+
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "fashion-mnist": _fashion_mnist,
     "imagenet-100": lambda: _imagenet("imagenet-100", head_rank=64),
@@ -265,6 +314,13 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
         # 100 epochs, not the classification demo's 300: every source on both subsets within the demo's
         # time; stored maps (about 0.9 GB per seed) are deleted once each seed is done
         {"compile": True, "epochs": 100, "batch_size": 100, "eval_batch_size": 200, "keep_stored": False},
+    ),
+    # segmentation on real data in its own layout, with SAM ViT-B as the projector's base (docs/segmentation.md)
+    "voc": lambda: _sam_segmentation(
+        "voc", DataConfig(name="voc", root="data/VOCdevkit/VOC2012", image_size=512), 0.1
+    ),
+    "ade20k": lambda: _sam_segmentation(
+        "ade20k", DataConfig(name="masks", root="data/ade20k", image_size=512), 0.05
     ),
     "synthetic-scenes": lambda: _scenes(
         "synthetic-scenes",

@@ -25,7 +25,7 @@ from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
 from hellodd.projector.bases import Projector, build_base
 from hellodd.projector.efficientnet import fold_same_padding
-from hellodd.projector.model import stored_parameter
+from hellodd.projector.model import stored_parameters
 
 FORMAT = "hellodd-projector-v1"
 
@@ -51,7 +51,7 @@ def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: 
     from peft import LoraConfig, inject_adapter_in_model  # lazy: a heavy import, needed once per build
 
     targets = lora_targets(p, frozen_depth) if encoder_rank > 0 else []
-    if head_rank > 0:
+    if head_rank > 0 and not p.learnt_head:  # a head learnt in full needs no low-rank update
         targets.append("head")
     if targets:
         r = encoder_rank if encoder_rank > 0 else head_rank
@@ -61,18 +61,21 @@ def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: 
             lora_dropout=0.0,
             bias="none",
             target_modules=targets,
-            rank_pattern={"^head$": head_rank},
-            alpha_pattern={"^head$": head_rank},
+            **(
+                {"rank_pattern": {"^head$": head_rank}, "alpha_pattern": {"^head$": head_rank}}
+                if "head" in targets
+                else {}
+            ),
         )
         inject_adapter_in_model(config, p)
+    stored = stored_parameters(p)
     for name, param in p.named_parameters():
-        param.requires_grad_(stored_parameter(name))
+        param.requires_grad_(name in stored)
     return targets
 
 
 def adapter_tensors(p: nn.Module) -> dict[str, torch.Tensor]:
-    p = getattr(p, "module", p)
-    return {n: t.detach().contiguous() for n, t in p.named_parameters() if stored_parameter(n)}
+    return {n: t.detach().contiguous() for n, t in stored_parameters(p).items()}
 
 
 def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None = None) -> int:

@@ -4,9 +4,11 @@ head's cache file (supplement A.3; docs/method.md).  One module per kind of base
 * ``clip:<arch>`` (:mod:`.clip`): an open_clip image tower, its head CLIP's zero-shot classifier
   (``clip:RN50`` is the paper's);
 * ``efficientnet-lite0`` / ``efficientnet-lite2`` (:mod:`.efficientnet`): ImageNet-pretrained, its head
-  the network's own ImageNet classifier mapped to the classes by name.
+  the network's own ImageNet classifier mapped to the classes by name;
+* ``sam:<vit_b|vit_l|vit_h>`` (:mod:`.sam`, dense only): SAM's image encoder from a user's checkpoint.
 
-Either way the head's start is derived from public weights and class names: it costs no storage.
+For CLIP and EfficientNet the head's start is derived from public weights and class names: it costs no
+storage.  SAM knows no class names: its head is learnt in full and stored.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hellodd.projector.efficientnet import (
     minilm_similarity,
 )
 from hellodd.projector.model import Projector
+from hellodd.projector.sam import SAM_ENCODERS, build_sam, check_sam
 
 __all__ = [
     "CLIP_MEAN",
@@ -55,9 +58,13 @@ def check_base(pcfg: ProjectorConfig) -> None:
             efficientnet_weights_id(base)  # the package that ships the weights is installed
     elif base.startswith("clip:"):
         check_clip(pcfg)
+    elif base.startswith("sam:"):
+        check_sam(pcfg)
     else:
         raise UserError(
             f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture>, "
+            + ", ".join(f"sam:{a}" for a in SAM_ENCODERS if not a.startswith("hellodd"))
+            + ", "
             + " or ".join(EFFICIENTNET_BASES)
             + ")"
         )
@@ -71,6 +78,8 @@ def build_base(
     check_base(pcfg)
     if pcfg.base.startswith("clip:"):
         return build_clip(pcfg, classes, cache_dir, text_head)
+    if pcfg.base.startswith("sam:"):
+        return build_sam(pcfg, classes)
     return build_efficientnet(pcfg, classes, cache_dir)
 
 
@@ -79,7 +88,7 @@ def weights_id(base: str, random_init: bool, base_seed: int, checkpoint_sha256: 
     the seed of a random base."""
     if random_init:
         return f"seed:{base_seed}"
-    if base.startswith("clip:"):
+    if base.startswith(("clip:", "sam:")):
         return checkpoint_sha256 or f"seed:{base_seed}"
     return efficientnet_weights_id(base)
 
@@ -89,4 +98,6 @@ def head_file(base: str, weights_id: str, classes: list[str]) -> str:
     it, so a loaded set needs neither the text tower nor MiniLM)."""
     if base.startswith("clip:"):
         return clip_head_file(base[5:], weights_id, classes)
+    if base.startswith("sam:"):
+        return ""  # nothing derived: the head is stored with the adapters
     return efficientnet_head_file(base, weights_id, classes)

@@ -27,9 +27,12 @@ from torch import nn
 from hellodd.augment import resize
 
 
-def stored_parameter(name: str) -> bool:
-    """What a projector file stores: the LoRA factors and the skip head's weights (all the rest is public)."""
-    return "lora_" in name or name.startswith("skip.")
+def stored_parameters(p: nn.Module) -> dict[str, torch.Tensor]:
+    """What a projector file stores: the LoRA factors, the skip head's weights, and a head learnt in full (a base
+    without class names); all the rest is public or derived from class names."""
+    module = getattr(p, "module", p)
+    learnt = ("skip.", "head.") if getattr(module, "learnt_head", False) else ("skip.",)
+    return {n: t for n, t in module.named_parameters() if "lora_" in n or n.startswith(learnt)}
 
 
 class SkipHead(nn.Module):
@@ -72,6 +75,7 @@ class Projector(nn.Module):
         classes,
         info,
         dense: bool = False,
+        learnt_head: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -84,7 +88,7 @@ class Projector(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.normalize, self.image_size, self.classes, self.info = normalize, image_size, list(classes), info
-        self.dense = dense
+        self.dense, self.learnt_head = dense, learnt_head
         taps = getattr(encoder, "tap_channels", []) if dense else []
         self.skip = SkipHead(taps, head_weight.shape[0]) if taps else None
         self.requires_grad_(False)

@@ -19,7 +19,7 @@ from hellodd.labels import MeanLogits, render, student_stream
 from hellodd.layout import ADAPT_STATE_FILE, ADAPTER_FILE, cache_dir
 from hellodd.models import load_classifier
 from hellodd.projector.adapters import adapter_tensors, load_projector, save_adapters
-from hellodd.projector.model import stored_parameter
+from hellodd.projector.model import stored_parameters
 from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, teacher_logits, transfer_loss
 from hellodd.resume import ResumePoint
 
@@ -78,8 +78,9 @@ def adapt_to_views(
     scale = d.adapt_lr_scale
     pcfg = replace(pcfg, lr=pcfg.lr * scale, head_lr=(pcfg.head_lr or pcfg.lr) * scale)
     proj = load_projector(adapter_file, fabric.device, cache_dir(cfg))
+    stored = stored_parameters(proj)
     for n, q in proj.named_parameters():
-        q.requires_grad_(stored_parameter(n))
+        q.requires_grad_(n in stored)
     teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
     if cfg.evaluate.compile:  # they label views exactly as online labellers do in the evaluation
         teacher_models = engine.compile_frozen(teacher_models)
