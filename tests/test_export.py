@@ -88,6 +88,8 @@ def test_readme_loop_runs_as_written_in_a_fresh_process(exported, tmp_path):
     assert block, "README.md lacks the load-loop example"
     code = re.sub(r'hellodd\.load\("[^"]*"\)', f'hellodd.load("{copy.name}")', block.group(1))
     assert code != block.group(1) and code.count("\n") <= 12
+    code, n = re.subn(r"epochs=\d+", "epochs=3", code)  # the loop as written, for 3 of its epochs
+    assert n == 1
     done = subprocess.run(
         [PYTHON, "-c", code + "\nprint('final loss', float(loss))"],
         cwd=tmp_path,

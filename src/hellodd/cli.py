@@ -3,7 +3,8 @@
     hellodd run        every stage in order, a random real subset beside the distilled set, then the report
     hellodd teachers   stage 1: teacher trajectory and model pool
     hellodd projector  stages 2-3: projector (base + text head) and LoRA transfer from weak teachers
-    hellodd distill    stage 4: RDED initialisation and the projector-aware image update
+    hellodd distill    stage 4: RDED initialisation and the projector-aware image update (segmentation:
+                       the observer's or a random subset of whole images)
     hellodd evaluate   stage 5: students trained on the distilled set with each label source
     hellodd storage    bytes of every label source, at this run's scale and at the paper's
     hellodd report     the storage-accuracy frontier of one or more runs (table and plot)
@@ -74,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n"
-            "  hellodd run                                   the Fashion-MNIST demo, every stage (about 25 min, CPU)\n"
+            "  hellodd run                                   the Fashion-MNIST demo, every stage (a 2-core CPU)\n"
+            "  hellodd run --preset fashion-mnist-scenes     the segmentation demo: dense light labels\n"
             "  hellodd run --preset imagenet-1k --data DIR --clip-checkpoint RN50.pt --devices 8\n"
             "  hellodd evaluate --out runs/x --set 'evaluate.students=[resnet18]'\n"
             "  hellodd export --out runs/x --tar             one folder (or .tar) anyone opens with hellodd.load\n"
