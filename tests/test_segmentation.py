@@ -436,3 +436,36 @@ def test_a_sam_base_is_a_dense_projector_bound_to_its_checkpoint(tmp_path):
         load_projector(tmp_path / "a.safetensors", checkpoint=other)
     with pytest.raises(UserError, match="needs a SAM checkpoint"):
         build_base(ProjectorConfig(base="sam:hellodd-vit-tiny", dense=True, image_size=32), ["a"])
+
+
+def test_torchvision_segmentation_references_checkpoints_import_as_a_pool(tmp_path, capsys):
+    import torchvision.models.segmentation as tvs
+
+    from hellodd.cli import main
+    from hellodd.io import read_json
+
+    torch.manual_seed(0)
+    net = tvs.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5, aux_loss=True)
+    for epoch in (
+        0,
+        1,
+    ):  # references/segmentation's layout: the model (with its auxiliary head) and the epoch
+        state = {f"module.{k}": v for k, v in net.state_dict().items()}  # saved from a DDP run
+        torch.save({"model": state, "epoch": epoch, "args": None}, tmp_path / f"model_{epoch}.pth")
+    out = tmp_path / "run"
+    args = ["teachers", "--preset", "synthetic-scenes", "--out", str(out), "--set", "data.image_size=32"]
+    args += ["--set", "teacher.arch=deeplabv3_mobilenet_v3_large", "--import", str(tmp_path)]
+    assert main(args) == 0
+    pool = read_json(out / "teachers" / "pool.json")
+    assert [c["epoch"] for c in pool["checkpoints"]] == [1.0, 2.0]
+    assert all(0 <= c["miou"] <= 100 for c in pool["checkpoints"])
+    assert read_json(out / "teachers" / "metrics.json")["metric"] == "miou"
+    torch.save(
+        {
+            "model": tvs.lraspp_mobilenet_v3_large(num_classes=5, weights_backbone=None).state_dict(),
+            "epoch": 0,
+        },
+        tmp_path / "x.pth",
+    )
+    assert main([*args[:-1], str(tmp_path / "x.pth"), "--out", str(tmp_path / "other")]) == 2
+    assert "does not fit deeplabv3_mobilenet_v3_large" in capsys.readouterr().err

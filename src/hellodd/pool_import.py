@@ -2,8 +2,10 @@
 
 No one should retrain an ImageNet trajectory that already sits on their disk.  Each file may be
 
-* a torchvision ``references/classification`` checkpoint: a dict with ``model`` (the network's state dict,
-  possibly with DDP's ``module.`` or torch.compile's ``_orig_mod.`` prefix) and ``epoch``;
+* a torchvision ``references/classification`` or ``references/segmentation`` checkpoint: a dict with
+  ``model`` (the network's state dict, possibly with DDP's ``module.`` or torch.compile's ``_orig_mod.``
+  prefix) and ``epoch``; a segmentation network's auxiliary head (``aux_classifier.``, a training-time loss
+  only) is left out;
 * a plain state dict (``.pth``/``.pt`` via ``torch.load(weights_only=True)``, or ``.safetensors``);
 * a hellodd checkpoint (a state dict of the whole classifier, ``net.``-prefixed).
 
@@ -11,8 +13,8 @@ The pool epoch of a file is, first, an explicit ``PATH@EPOCH``; else the dict's 
 references store the 0-based index of the epoch just finished); else ``N`` + 1 from a ``model_N.pth`` name
 (the references' file names); else the file is refused.  A folder stands for every checkpoint file in it.
 Each checkpoint is loaded into ``teacher.arch`` built for the data's classes (strictly: another architecture
-or class count is refused with one line naming the file) and evaluated on the validation split, so the
-pool records real accuracies.  The latest epoch becomes ``final.safetensors`` (the observer and the online
+or class count is refused with one line naming the file) and evaluated on the validation split with the
+task's metric (top-1, or mIoU), so the pool records real scores.  The latest epoch becomes ``final.safetensors`` (the observer and the online
 teacher).  The outputs are those of :func:`hellodd.teachers.train_teachers`, with each entry's source file and
 its sha256 recorded.
 """
@@ -28,16 +30,18 @@ import torch
 
 from hellodd import engine
 from hellodd.config import Config
-from hellodd.data import load_data
 from hellodd.errors import UserError
 from hellodd.io import sha256
 from hellodd.layout import FINAL_FILE, STATE_FILE, pool_file, stage_dir
-from hellodd.models import build_model, count_parameters, save_classifier
+from hellodd.models import count_parameters, save_classifier
 from hellodd.records import write_config, write_results
+from hellodd.segmentation.models import TorchvisionSegmenter
+from hellodd.tasks import task_of
 from hellodd.teachers import write_pool_index
 
 SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 PREFIXES = ("module.", "_orig_mod.")
+AUXILIARY = "aux_classifier."  # torchvision segmenters' training-only head
 
 
 def expand(specs: list[str]) -> list[tuple[Path, float | None]]:
@@ -104,8 +108,13 @@ def pool_epoch(path: Path, explicit: float | None, field: int | None) -> float:
 
 
 def fit(model, state: dict[str, torch.Tensor], path: Path, arch: str, classes: int) -> None:
-    """Load ``state`` into the classifier (whole, or its torchvision network); one line if it does not fit."""
+    """Load ``state`` into the network (a hellodd checkpoint: whole; else its torchvision network, also a
+    segmenter's, without its auxiliary head); one line if it does not fit."""
     target = model if all(k.startswith(("net.", "adapter.")) for k in state) else model.net
+    if isinstance(target, TorchvisionSegmenter):
+        target = target.net  # the torchvision model inside its logits wrapper
+        if not hasattr(target, "aux_classifier") or target.aux_classifier is None:
+            state = {k: v for k, v in state.items() if not k.startswith(AUXILIARY)}
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -119,7 +128,8 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
     out = stage_dir(cfg, "teachers")
     if (out / STATE_FILE).exists():
         raise UserError(f"{out}: holds a trained teacher trajectory; import into another --out")
-    bundle = load_data(cfg.data, cfg.engine.seed)
+    task = task_of(cfg.data)
+    bundle = task.load(cfg.data, cfg.engine.seed)
     files = expand(specs)
     t0 = time.perf_counter()
     entries, seen = [], {}
@@ -132,14 +142,15 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
                 f"{path}: epoch {epoch:g} again (also {seen[epoch]}); pass PATH@EPOCH to tell them apart"
             )
         seen[epoch] = path
-        model = build_model(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
+        model = task.build(t.arch, bundle.num_classes, bundle.channels, bundle.image_size)
         fit(model, state, path, t.arch, bundle.num_classes)
-        val = engine.evaluate(fabric, engine.frozen(fabric, model), bundle.val, t.eval_batch_size, desc="val")
+        frozen = engine.frozen(fabric, model)
+        val = task.evaluate(fabric, frozen, bundle.val, bundle.classes, t.eval_batch_size, desc="val")
         entry = {
             "epoch": epoch,
             "step": None,
             "file": pool_file(epoch),
-            **{k: val[k] for k in ("top1", "top5")},
+            **{k: val[k] for k in task.scores[:2]},
         }
         entry.update(source=str(path.resolve()), source_sha256=sha256(path))
         if fabric.is_global_zero:
@@ -163,7 +174,10 @@ def import_teachers(cfg: Config, fabric, specs: list[str]) -> dict:
         },
         "seconds": time.perf_counter() - t0,
         "pool": entries,
-        "final_val_top1": final["top1"],
+        "task": task.name,
+        "metric": task.metric,
+        "metric_name": task.metric_name,
+        f"final_val_{task.metric}": final[task.metric],
     }
     if fabric.is_global_zero:
         write_config(out, cfg, "teachers")
