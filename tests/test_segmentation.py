@@ -469,3 +469,30 @@ def test_torchvision_segmentation_references_checkpoints_import_as_a_pool(tmp_pa
     )
     assert main([*args[:-1], str(tmp_path / "x.pth"), "--out", str(tmp_path / "other")]) == 2
     assert "does not fit deeplabv3_mobilenet_v3_large" in capsys.readouterr().err
+
+
+def test_a_dense_clip_base_labels_each_location_as_maskclip_does():
+    import torch.nn.functional as F
+
+    from hellodd.config import ProjectorConfig
+    from hellodd.projector import add_adapters, build_base
+
+    pcfg = ProjectorConfig(base="clip:hellodd-RN-tiny", random_init=True, image_size=64, dense=True)
+    p = build_base(pcfg, ["background", "a", "b"])
+    v = p.encoder.visual
+    x = torch.rand(2, 3, 64, 64)
+    # a uniform trunk map: every location's feature is the pooled vector's value path (MaskCLIP's reading)
+    u = p.encode(x)
+    assert u.shape[:2] == (2, v.output_dim) and u.shape[-1] == 2  # 64 px at stride 32
+    out = p(x)
+    assert out.shape == (2, 3, 64, 64)
+    trunk = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(p.prepare(x))))))
+    tokens = trunk.flatten(2).transpose(1, 2) + v.attnpool.positional_embedding[1:]
+    one = v.attnpool.c_proj(v.attnpool.v_proj(tokens[:, :1]))[:, 0]
+    assert torch.allclose(
+        p.scale * p.head(F.normalize(one, dim=-1)),
+        p.scale * p.head(F.normalize(u[:, :, 0, 0], dim=-1)),
+        atol=1e-5,
+    )
+    targets = add_adapters(p, 2, 2)
+    assert not any("q_proj" in t or "k_proj" in t for t in targets)  # the unused attention gets no adapters

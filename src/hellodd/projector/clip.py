@@ -7,6 +7,11 @@ classifier (tested against open_clip), so the head costs no storage.  Weights co
 ``projector.base_seed`` (the seed is the whole storage).  Nothing is downloaded.  The attention pool is
 rewritten to call its projections (so LoRA on them applies) and resized to the projector's input.
 
+Dense (``projector.dense``, ModifiedResNet towers such as the paper's RN50): MaskCLIP's features.  The trunk's
+last map goes through the attention pool's value and output projections at every location, without the
+attention (which would mix all locations into one vector), so each location lands in CLIP's joint space
+and the text-embedding head labels it.
+
 open_clip is imported inside these functions: its import costs about as much as torch's, and only CLIP
 bases need it.
 """
@@ -90,6 +95,30 @@ def _resize_attnpool(visual, image_size: int) -> None:
     )
 
 
+class DenseResNetFeatures(nn.Module):
+    """MaskCLIP's dense features of a ModifiedResNet tower: [N, D, h, w] in CLIP's embedding space."""
+
+    def __init__(self, visual):
+        super().__init__()
+        pool = visual.attnpool
+        pool.q_proj, pool.k_proj = None, None  # the attention is not used: no adapters on it
+        self.visual = visual
+
+    def forward(self, x):
+        v = self.visual
+        x = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(x)))))
+        n, c, h, w = x.shape
+        pool = v.attnpool
+        pos = pool.positional_embedding[1:]
+        side = int(math.isqrt(pos.shape[0]))
+        if (side, side) != (h, w):
+            grid = pos.reshape(1, side, side, c).permute(0, 3, 1, 2)
+            pos = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+        tokens = x.flatten(2).transpose(1, 2) + pos.reshape(h * w, c).to(x.dtype)
+        out = pool.c_proj(pool.v_proj(tokens))  # N, HW, D
+        return out.transpose(1, 2).reshape(n, -1, h, w)
+
+
 class _DropRecords(logging.Filter):
     """Drops a dependency's log records that start with ``prefix`` (noise in a run's log)."""
 
@@ -110,6 +139,11 @@ def check_clip(pcfg: ProjectorConfig) -> None:
     _register_model_configs()
     if arch not in open_clip.list_models():
         raise UserError(f"--set projector.base=clip:{arch}: open_clip has no architecture {arch!r}")
+    layers = (open_clip.get_model_config(arch) or {}).get("vision_cfg", {}).get("layers")
+    if pcfg.dense and not isinstance(layers, (list, tuple)):
+        raise UserError(
+            f"--set projector.base=clip:{arch}: dense CLIP bases are ModifiedResNet towers (RN50, ...) for now"
+        )
     ckpt = pcfg.checkpoint
     if not ckpt and not pcfg.random_init:
         raise UserError(
@@ -183,6 +217,12 @@ def build_clip(
     visual = model.visual
     _patch_attention_pools(visual)
     _resize_attnpool(visual, pcfg.image_size)
+    if pcfg.dense:
+        if getattr(visual, "attnpool", None) is None:
+            raise UserError(
+                f"--set projector.base={pcfg.base}: dense CLIP bases are ModifiedResNet towers (RN50, ...) for now"
+            )
+        visual = DenseResNetFeatures(visual)
     info = {
         "base": pcfg.base,
         "pretrained": ckpt_sha is not None,
@@ -191,4 +231,8 @@ def build_clip(
         "head_init": "clip-text-embeddings (7 prompts)",
         "head_file": clip_head_file(arch, wid, classes),
     }
-    return Projector(visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info)
+    if pcfg.dense:
+        info["head_init"] += ", applied at every location (MaskCLIP)"
+    return Projector(
+        visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info, dense=pcfg.dense
+    )
