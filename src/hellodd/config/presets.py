@@ -185,6 +185,40 @@ def _imagenet(preset: str, head_rank: int) -> Config:
     )
 
 
+DENSE_SOURCES = ["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"]
+
+
+def _segmentation(
+    name: str,
+    data: DataConfig,
+    teacher: TeacherConfig,
+    projector: dict,
+    subset: float,
+    evaluate: dict,
+    precision: str = "bf16-mixed",
+) -> Config:
+    """A segmentation preset: the observer's subset of ``subset`` training images (lowest teacher loss, balanced
+    by pixels) with the random one beside it, the weak teachers at 30-50% of the trajectory, dense label
+    sources; students of the teacher's architecture unless ``evaluate`` names others."""
+    return Config(
+        preset=name,
+        out=f"runs/{name}",
+        data=data,
+        teacher=teacher,
+        projector=ProjectorConfig(
+            dense=True,
+            teacher_epochs=[e for e in teacher.pool_epochs if 0.3 <= e / teacher.epochs <= 0.5],
+            **projector,
+        ),
+        distill=DistillConfig(init="rded", update=False, subset=subset),
+        engine=EngineConfig(precision=precision),
+        evaluate=EvaluateConfig(
+            **{"students": [teacher.arch], "label_sources": DENSE_SOURCES, "baseline_sources": DENSE_SOURCES}
+            | evaluate
+        ),
+    )
+
+
 def _scenes(
     name: str,
     root: str,
@@ -196,76 +230,48 @@ def _scenes(
     subset: int,
     evaluate: dict,
 ) -> Config:
-    """A segmentation preset on composed scenes (the segmentation task's demo and its test-sized twin): a
-    random subset of ``subset`` training scenes, students of the teacher's architecture, dense label sources."""
-    return Config(
-        preset=name,
-        out=f"runs/{name}",
-        data=DataConfig(name=name, root=root, image_size=size, scenes_train=train, scenes_val=val),
-        teacher=teacher,
-        # weak teachers: the pool checkpoints at 30-50% of the trajectory
-        projector=ProjectorConfig(
-            teacher_epochs=[e for e in teacher.pool_epochs if 0.3 <= e / teacher.epochs <= 0.5], **projector
-        ),
-        # the observer's subset (lowest teacher loss, balanced by pixels), the random one beside it
-        distill=DistillConfig(init="rded", update=False, subset=subset),
-        engine=EngineConfig(precision="bf16-mixed"),
-        evaluate=EvaluateConfig(
-            students=[teacher.arch],
-            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
-            baseline_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
-            **evaluate,
-        ),
-    )
+    """The segmentation task's demo on composed scenes, and its test-sized twin."""
+    data = DataConfig(name=name, root=root, image_size=size, scenes_train=train, scenes_val=val)
+    return _segmentation(name, data, teacher, projector, subset, evaluate)
 
 
 def _sam_segmentation(name: str, data: DataConfig, subset: float) -> Config:
     """A real segmentation dataset with the supplement's B.4 recipe: a SAM ViT-B image encoder as the dense
     projector's base (the user's checkpoint: ``--set projector.checkpoint=sam_vit_b_01ec64.pth``; a run without
     it is refused before any stage), a DeepLabV3 teacher, a subset of the training images as the set."""
-    epochs = 30
-    pool = [1.0, 3.0, 6.0, 9.0, 12.0, 15.0, 20.0, 25.0, 30.0]
-    return Config(
-        preset=name,
-        out=f"runs/{name}",
-        data=data,
-        teacher=TeacherConfig(
-            arch="deeplabv3_resnet50",
-            epochs=epochs,
-            batch_size=16,
-            lr=0.01,
-            momentum=0.9,
-            weight_decay=1e-4,
-            lr_step=10,
-            lr_gamma=0.3,
-            pool_epochs=pool,
-            augment="flip",
-            eval_batch_size=16,
-        ),
-        projector=ProjectorConfig(
-            base="sam:vit_b",
-            dense=True,
-            image_size=1024,
-            encoder_rank=8,
-            head_rank=0,  # SAM's head is learnt in full
-            lr=1e-3,
-            head_lr=1e-2,
-            epochs=10,
-            batch_size=8,
-            augment="flip",
-            teacher_epochs=[e for e in pool if 0.3 <= e / epochs <= 0.5],
-        ),
-        distill=DistillConfig(init="rded", update=False, subset=subset),
-        evaluate=EvaluateConfig(
-            students=["deeplabv3_mobilenet_v3_large"],
-            label_sources=["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"],
-            baseline_sources=["hard", "teacher", "projector"],
-            epochs=300,
-            batch_size=16,
-            eval_batch_size=16,
-            keep_stored=False,
-        ),
+    teacher = TeacherConfig(
+        arch="deeplabv3_resnet50",
+        epochs=30,
+        batch_size=16,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        lr_step=10,
+        lr_gamma=0.3,
+        pool_epochs=[1.0, 3.0, 6.0, 9.0, 12.0, 15.0, 20.0, 25.0, 30.0],
+        augment="flip",
+        eval_batch_size=16,
     )
+    projector = {
+        "base": "sam:vit_b",
+        "image_size": 1024,
+        "encoder_rank": 8,
+        "head_rank": 0,  # SAM's head is learnt in full
+        "lr": 1e-3,
+        "head_lr": 1e-2,
+        "epochs": 10,
+        "batch_size": 8,
+        "augment": "flip",
+    }
+    evaluate = {
+        "students": ["deeplabv3_mobilenet_v3_large"],
+        "baseline_sources": ["hard", "teacher", "projector"],
+        "epochs": 300,
+        "batch_size": 16,
+        "eval_batch_size": 16,
+        "keep_stored": False,
+    }
+    return _segmentation(name, data, teacher, projector, subset, evaluate, precision="32-true")
 
 
 PRESETS: dict[str, typing.Callable[[], Config]] = {
@@ -298,7 +304,6 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
         # dilated (an 8x8 feature map), the mapped ImageNet classifier at every location
         {
             "base": "efficientnet-lite0",
-            "dense": True,
             "output_stride": 8,
             "image_size": 64,
             "encoder_rank": 8,
@@ -339,7 +344,6 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
         {
             "base": "efficientnet-lite0",
             "random_init": True,
-            "dense": True,
             "output_stride": 8,
             "image_size": 32,
             "encoder_rank": 2,
@@ -380,6 +384,8 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
             update_epochs=3,  # 6 batches of 4 of the 8 images
             update_batch_size=4,
             adapt_steps=3,
+            adapt_check_views=24,  # the tests' budget: a few batches per check
+            adapt_probe_views=48,
         ),
         evaluate=EvaluateConfig(
             students=["convnet-d2-w16"],

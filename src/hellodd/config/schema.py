@@ -192,6 +192,10 @@ class DistillConfig:
     # checks on selection views over the view adaptation's budget: a check clearly worse than the best so far
     # (a collapse) puts the best adapters back and halves the rates (0 = no checks)
     adapt_checks: int = 10
+    # views the checks measure (a selection stream of its own) and the held-out views the adaptation is
+    # reported on, before and after (each rounded up to whole student batches)
+    adapt_check_views: int = 300
+    adapt_probe_views: int = 1000
     # views per view-adaptation step (0 = evaluate.batch_size, the students' batch)
     adapt_batch: int = 0
     # segmentation: the distilled subset's size, a count of training images (>= 1) or a fraction of them (< 1)

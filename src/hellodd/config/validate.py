@@ -89,6 +89,8 @@ def validate(cfg: Config) -> None:
         (cfg.distill.adapt_steps >= 0, "distill.adapt_steps", "0 (off) or more"),
         (0 < cfg.distill.adapt_lr_scale <= 100, "distill.adapt_lr_scale", "in (0, 100]"),
         (cfg.distill.adapt_checks >= 0, "distill.adapt_checks", "0 (no checks) or more"),
+        (cfg.distill.adapt_check_views >= 1, "distill.adapt_check_views", "at least 1"),
+        (cfg.distill.adapt_probe_views >= 1, "distill.adapt_probe_views", "at least 1"),
         (cfg.distill.adapt_batch >= 0, "distill.adapt_batch", "0 (the students' batch size) or more"),
         (cfg.distill.subset > 0, "distill.subset", "a count of images (>= 1) or a fraction of them (< 1)"),
         (

@@ -26,7 +26,7 @@ from hellodd.resume import ResumePoint
 # streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
 ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED, SELECT_STREAM_SEED = 10**6, 2 * 10**6, 4 * 10**6
 # a check whose selection MSE exceeds the best so far by more than this fraction is a regression; smaller
-# rises are the noise of 300 views (up to 2.4% measured on the demo), never a reason to go back
+# rises are the noise of 300 selection views (up to 2.4% measured on the demo), never a reason to go back
 REGRESSION_TOLERANCE = 0.1
 
 
@@ -93,8 +93,8 @@ def adapt_to_views(
     select, held = (
         student_stream(ev, images, s + cfg.engine.seed) for s in (SELECT_STREAM_SEED, HELD_OUT_STREAM_SEED)
     )
-    probe_batches = max(1, -(-1000 // held.batch))  # about 1000 held-out views
-    select_batches = max(1, -(-300 // select.batch))  # about 300 selection views
+    probe_batches = max(1, -(-d.adapt_probe_views // held.batch))
+    select_batches = max(1, -(-d.adapt_check_views // select.batch))
 
     def select_mse() -> float:
         proj.eval()
