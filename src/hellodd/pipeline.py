@@ -5,6 +5,8 @@
 its own views exactly as the set's is), 5. evaluate both (the set with ``evaluate.label_sources``, the subset
 with ``evaluate.baseline_sources``: same seeds, streams and protocol), 6. ``hellodd report`` on the run.
 An empty ``evaluate.baseline_sources`` skips steps 4 and the subset's evaluation.
+Each step is the config's task's own stage (:func:`hellodd.tasks.stage_function`): for segmentation, step 3
+keeps the observer's subset of whole images and step 4 a random one (:mod:`hellodd.subset`).
 
 ``hellodd run --ipc 1 10 50`` runs steps 2-5 once per IPC over one trajectory (step 1 once), each IPC with its
 preset settings (weak-teacher window, view-adaptation budget; a projector is trained once per window), and
