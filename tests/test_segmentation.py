@@ -496,3 +496,38 @@ def test_a_dense_clip_base_labels_each_location_as_maskclip_does():
     )
     targets = add_adapters(p, 2, 2)
     assert not any("q_proj" in t or "k_proj" in t for t in targets)  # the unused attention gets no adapters
+
+
+@pytest.mark.xdist_group("segmentation-teachers")
+def test_a_killed_dense_projector_transfer_resumes_to_the_same_adapters(scenes_run, tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import KILL_SEED, PYTHON, cli_env
+    from hellodd.cli import main
+    from hellodd.io import load_tensors
+
+    outs = [tmp_path / "killed", tmp_path / "ref"]
+    for out in outs:
+        shutil.copytree(scenes_run / "teachers", out / "teachers")
+    args = [
+        "projector",
+        "--preset",
+        "synthetic-scenes",
+        "--set",
+        "projector.epochs=2",
+    ]  # 6 steps, states every 3
+    killed = subprocess.run(
+        [PYTHON, "-m", "hellodd", *args, "--out", str(outs[0])],
+        env=cli_env(HELLODD_DIE_AT_STEP=5),
+        timeout=300,
+    )
+    assert killed.returncode == -9, KILL_SEED
+    resumed = subprocess.run(
+        [PYTHON, "-m", "hellodd", *args, "--out", str(outs[0])], env=cli_env(), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0 and "resuming at step 3/6" in resumed.stdout
+    assert main([*args, "--out", str(outs[1])]) == 0
+    a, b = (load_tensors(next((o / "projector").iterdir()) / "adapters.safetensors")[0] for o in outs)
+    assert a.keys() == b.keys() and any(k.startswith("skip.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
