@@ -102,7 +102,11 @@ def _transfer_loss(cfg) -> bool:
     torch.manual_seed(0)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     student, teacher = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
-    loss, mse, ce = transfer_loss(Fab, student, [teacher], x, y, cfg.projector.ce_weight)
+    from hellodd.tasks import TASKS
+
+    loss, mse, ce = transfer_loss(
+        Fab, student, [teacher], x, y, cfg.projector.ce_weight, TASKS["classification"]
+    )
     want = F.mse_loss(student(x), teacher(x)) + 0.1 * F.cross_entropy(student(x), y)
     return bool(torch.allclose(loss, want))
 

@@ -126,6 +126,11 @@ def validate(cfg: Config) -> None:
             (cfg.projector.dense, "projector.dense", "true for segmentation (a logit map per image)"),
             (cfg.projector.train_per_class == 0, "projector.train_per_class", "0 for segmentation"),
             (
+                cfg.distill.adapt_steps == 0,
+                "distill.adapt_steps",
+                "0 for segmentation (no view adaptation yet)",
+            ),
+            (
                 all(n in dense for n in names),
                 "evaluate.label_sources",
                 f"segmentation label sources among {', '.join(dense)} (not {[n for n in names if n not in dense]})",

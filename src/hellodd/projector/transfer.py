@@ -159,7 +159,7 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, warm: int) -> None
 
 
 def transfer_loss(
-    fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module, x, y, ce_weight: float, task=None
+    fabric, proj: nn.Module, teachers: list[nn.Module] | nn.Module, x, y, ce_weight: float, task
 ):
     """MSE between the projector's logits and the weak teachers' mean logits, + ce_weight x CE to ``y`` (per
     pixel for segmentation, ignored pixels left out: the task's loss).
@@ -170,7 +170,7 @@ def transfer_loss(
         z = teacher_logits(teachers, x).float()
         logits = proj(x).float()
     mse = F.mse_loss(logits, z.clone())
-    ce = task.loss(logits, y) if task is not None else F.cross_entropy(logits, y)
+    ce = task.loss(logits, y)
     return mse + ce_weight * ce, mse, ce
 
 

@@ -22,6 +22,7 @@ from hellodd.projector.adapters import adapter_tensors, load_projector, save_ada
 from hellodd.projector.model import stored_parameters
 from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, teacher_logits, transfer_loss
 from hellodd.resume import ResumePoint
+from hellodd.tasks import TASKS
 
 # streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
 ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED, SELECT_STREAM_SEED = 10**6, 2 * 10**6, 4 * 10**6
@@ -84,7 +85,7 @@ def adapt_to_views(
     teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
     if cfg.evaluate.compile:  # they label views exactly as online labellers do in the evaluation
         teacher_models = engine.compile_frozen(teacher_models)
-    num_classes = len(proj.classes)
+    num_classes, task = len(proj.classes), TASKS["classification"]  # the view adaptation is classification's
 
     ev = cfg.evaluate
     train = student_stream(
@@ -147,7 +148,13 @@ def adapt_to_views(
         y = mixed_one_hot(labels[idx].to(fabric.device), num_classes, mix)
         rows = engine.block(len(x), fabric.global_rank, fabric.world_size)  # this rank's rows of it
         loss, mse, ce = transfer_loss(
-            fabric, proj, teacher_models, x[rows.start : rows.stop], y[rows.start : rows.stop], pcfg.ce_weight
+            fabric,
+            proj,
+            teacher_models,
+            x[rows.start : rows.stop],
+            y[rows.start : rows.stop],
+            pcfg.ce_weight,
+            task,
         )
         opt.zero_grad(set_to_none=True)
         (loss * (len(rows) / len(x)) if fabric.world_size > 1 else loss).backward()
