@@ -4,7 +4,7 @@ PYTHON ?= python3
 export MALLOC_MMAP_THRESHOLD_ = 4000000000
 export MALLOC_TRIM_THRESHOLD_ = 4000000000
 
-.PHONY: setup run table test lint
+.PHONY: setup glyphs run table test lint
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -12,11 +12,15 @@ setup:
 run: setup
 	hellodd run
 
+# the heavy-label presets' data: CJK font packages and Unihan (hellodd run --preset glyphs-100 | glyphs-1000)
+glyphs:
+	PYTHON=$(PYTHON) bash scripts/setup.sh --glyphs
+
 # the paper's main table on the demo: IPC 1, 10 and 50 over one trajectory
 table: setup
 	hellodd run --ipc 1 10 50 --out runs/fashion-mnist-table
 
-test: setup
+test: glyphs
 	$(PYTHON) -m ruff check src tests benchmarks
 	lint-imports
 	$(PYTHON) -m pytest

@@ -283,11 +283,23 @@ def make_synthetic(cfg: DataConfig, seed: int = 0) -> DataBundle:
     return DataBundle(train, val, [f"pattern {c}" for c in range(k)], 3, s, "synthetic")
 
 
+def load_glyph_set(cfg: DataConfig) -> DataBundle:
+    from hellodd.glyphs import load_glyphs  # lazy: fontTools and the renderer, for this dataset only
+
+    splits, classes, set_id = load_glyphs(cfg)
+    train, val = (TensorImages(*splits[s]) for s in ("train", "val"))
+    return DataBundle(train, val, classes, 1, cfg.image_size, f"{cfg.root} ({set_id})")
+
+
 def train_class_counts(cfg: DataConfig) -> list[int]:
     """Training images per class, counted without reading an image (the labels file, or the class folders'
     file names), after ``train_per_class``: what a run can check before its first stage."""
     if cfg.name == "synthetic":
         counts = [cfg.synthetic_per_class] * cfg.synthetic_classes
+    elif cfg.name == "glyphs":
+        from hellodd.glyphs import train_counts  # lazy: see load_glyph_set
+
+        counts = train_counts(cfg)
     elif cfg.name == "fashion-mnist":
         root = Path(cfg.root)
         if not root.is_dir():
@@ -311,6 +323,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         bundle = load_imagefolder(cfg)
     elif cfg.name == "synthetic":
         bundle = make_synthetic(cfg, seed)
+    elif cfg.name == "glyphs":
+        bundle = load_glyph_set(cfg)
     else:
         raise UserError(f"--set data.name: unknown dataset {cfg.name!r}")
     if len(bundle.train) == 0 or len(bundle.val) == 0:

@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from hellodd import engine
 from hellodd.config import Config
+from hellodd.config.schema import is_compressor_source
 from hellodd.errors import UserError
 from hellodd.io import digest, read_json, tensor_sha256, write_bytes, write_json
 from hellodd.labels import student_stream
@@ -52,16 +53,23 @@ from hellodd.layout import (
 )
 from hellodd.records import write_config, write_results
 from hellodd.sets import read_set
-from hellodd.sources import STORED, build_label_sources
+from hellodd.sources import build_label_sources, is_written
 from hellodd.students import train_student
 from hellodd.tables import results_table
 from hellodd.tasks import task_of
 
 
+def seeds_of(ev, name: str) -> list[int]:
+    """The seeds source ``name`` is evaluated on: the compressors' sweep may use fewer (evaluate.sweep_seeds)."""
+    if ev.sweep_seeds and is_compressor_source(name):
+        return [s for s in ev.seeds if s in ev.sweep_seeds]
+    return list(ev.seeds)
+
+
 def run_key(cfg: Config, images_sha: str, source, arch: str, seed: int, world: int) -> str:
     """Everything one (source, student, seed) run depends on: a finished run or a resume state made from
     anything else is not reused."""
-    chosen = ("label_sources", "baseline_sources", "students", "seeds", "keep_stored")
+    chosen = ("label_sources", "baseline_sources", "students", "seeds", "keep_stored", "sweep_seeds")
     return digest(
         {
             "images_sha256": images_sha,
@@ -117,12 +125,18 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         write_config(out, cfg, "evaluate")
     t0 = time.perf_counter()
     images_sha = tensor_sha256(images)
-    plan = [(seed, arch, name) for seed in ev.seeds for arch in ev.students for name in ev.label_sources]
+    plan = [
+        (seed, arch, name)
+        for seed in ev.seeds
+        for arch in ev.students
+        for name in ev.label_sources
+        if seed in seeds_of(ev, name)
+    ]
     spread = ev.parallel == "runs" and fabric.world_size > 1
     # "runs": this rank's share of the plan, each run trained alone on this rank's device (a one-process run).
     # A (seed, source) pair goes to one rank with all its students: stored labels are per seed, one writer
     worker = engine.solo(fabric, cfg.engine.precision) if spread else fabric
-    pairs = [(seed, name) for seed in ev.seeds for name in ev.label_sources]
+    pairs = [(seed, name) for seed in ev.seeds for name in ev.label_sources if seed in seeds_of(ev, name)]
     owner = {pair: i % fabric.world_size for i, pair in enumerate(pairs)}
     mine = [r for r in plan if owner[(r[0], r[2])] == fabric.global_rank] if spread else plan
     done, cost, online = {}, {}, {}
@@ -149,8 +163,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
                 worker, student_runs_dir(cfg), key, src, arch, seed, train, where
             )
         if not ev.keep_stored:
-            for name in STORED:
-                if name in needed:
+            for name in needed:
+                if is_written(name):
                     shutil.rmtree(label_store_dir(cfg, name, seed) / f"rank{worker.global_rank}")
     if spread:  # every rank's rows and label costs, on every rank
         shares = [None] * fabric.world_size
@@ -181,7 +195,8 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "table": table,
         "seconds": time.perf_counter() - t0,
     }
-    metrics["stored_deleted"] = not ev.keep_stored and any(n in STORED for n in ev.label_sources)
+    metrics["stored_deleted"] = not ev.keep_stored and any(is_written(n) for n in ev.label_sources)
+    metrics["sweep_seeds"] = {n: seeds_of(ev, n) for n in ev.label_sources if seeds_of(ev, n) != ev.seeds}
     parts = [f"{k} {v:.2f}%" for k, v in means.items()]
     metrics["summary"] = (
         f"evaluate {d.name} ({', '.join(ev.students)}, {len(ev.seeds)} seeds, {ev.epochs} epochs): "

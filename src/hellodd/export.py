@@ -68,6 +68,8 @@ def head_file_of(adapter_meta: dict) -> str:
     p, info = adapter_meta["projector"], adapter_meta["base_info"]
     if info.get("head_file"):
         return info["head_file"]
+    if p.get("head_init", "names") != "names":
+        return ""  # drawn again from the public font and the class names when loaded
     wid = weights_id(p["base"], p["random_init"], p["base_seed"], info.get("checkpoint_sha256"))
     return head_file(p["base"], wid, adapter_meta["classes"])
 

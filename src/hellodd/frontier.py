@@ -27,9 +27,11 @@ import json
 import math
 from pathlib import Path
 
+from hellodd.config.schema import is_compressor_source
 from hellodd.errors import UserError
 from hellodd.io import read_json, write_bytes
 from hellodd.layout import REPORT_JSON, REPORT_MD, evaluations_in, frontier_plot, teacher_metrics_in
+from hellodd.ranking import lrs_rows, lrs_table
 from hellodd.tables import aggregate
 
 
@@ -224,14 +226,15 @@ def verdict(entries: list[dict]) -> list[str]:
             f"- Projector labels {proj['mean']:.2f} ± {proj['std']:.2f} against the online teacher's "
             f"{teacher['mean']:.2f} ± {teacher['std']:.2f} ({gap:+.2f}): {where}."
         )
-    for name in ("stored", "compressed"):
+    compressed = sorted({e["source"] for e in mine if is_compressor_source(e["source"])})
+    for name in ("stored", "compressed", *compressed):
         other = _mean(mine, name)
         if other is None:
             continue
         cheaper = "no more" if other["bytes"] <= proj["bytes"] else "more"
         beats = "beat" if proj["mean"] > other["mean"] else "do not beat"
         lines.append(
-            f"- {name.capitalize()} labels cost {other['bytes']:,} B, {cheaper} than the projector's "
+            f"- {name[0].upper() + name[1:]} labels cost {other['bytes']:,} B, {cheaper} than the projector's "
             f"{proj['bytes']:,} B, and reach {other['mean']:.2f} ± {other['std']:.2f}: the projector's labels "
             f"{beats} them."
         )
@@ -285,17 +288,20 @@ def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> d
         plot(mine, whole, to / name)
         plots.append(to / name)
         said = verdict(mine)
+        ranked = lrs_table(lrs_rows(mine, whole), whole)
         sections.append(
             (f"## IPC {ipc}\n\n" if len(found) > 1 else "")
             + table(mine, whole)
             + ("\n\n" + "\n".join(said) if said else "")
+            + ("\n\n" + ranked if ranked else "")
             + f"\n\n![frontier]({name})\n"
         )
     md = "\n".join(sections)
     if len(found) > 1:
         md = "## Label sources by IPC\n\n" + ipc_table(entries) + "\n\n" + md
     write_bytes(to / REPORT_MD, ("# hellodd report\n\n" + md).encode())
-    write_bytes(to / REPORT_JSON, json.dumps({"entries": entries, "whole_data": whole}, indent=2).encode())
+    report = {"entries": entries, "whole_data": whole, "lrs": lrs_rows(entries, whole)}
+    write_bytes(to / REPORT_JSON, json.dumps(report, indent=2).encode())
     return {
         "table": md,
         "entries": entries,

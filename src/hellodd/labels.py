@@ -218,13 +218,24 @@ def decompress(d: dict[str, torch.Tensor], rows: slice, num_classes: int) -> tor
 
 @dataclass(frozen=True)
 class LabelStore:
-    """One folder of stored labels: the first ``epochs`` epochs of a stream, top-``topk`` logits (0: all)."""
+    """One folder of stored labels: the first ``epochs`` epochs of a stream, top-``topk`` logits (0: all).
+    ``records`` > 0 keeps only the first ``records`` batch records (epoch-major, one per step): a pruned store
+    (LPLD / LPQLD), whose last epoch file may hold fewer steps than the others."""
 
     root: Path
     key: dict
     epochs: int
     dtype: str = "float16"
     topk: int = 0
+    records: int = 0
+
+    def steps_in(self, epoch: int, steps_per_epoch: int) -> int:
+        """How many of epoch ``epoch``'s steps this store keeps."""
+        if epoch >= self.epochs:
+            return 0
+        if not self.records:
+            return steps_per_epoch
+        return max(0, min(steps_per_epoch, self.records - epoch * steps_per_epoch))
 
 
 def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, stream: Stream, device):
@@ -247,7 +258,9 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
         need = []
         for i, st in enumerate(stores):
             path = stored_path(st.root, e)
-            if e >= st.epochs or (path.is_file() and file_metadata(path).get("key") == tags[i]):
+            if st.steps_in(e, stream.steps_per_epoch) == 0 or (
+                path.is_file() and file_metadata(path).get("key") == tags[i]
+            ):
                 continue
             stale[i] += path.is_file()
             need.append(i)
@@ -255,7 +268,8 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
             continue
         shared: dict[str, list] = {"indices": [], "crops": [], "cutmix": [], "perm": []}
         own: dict[int, dict[str, list]] = {i: {} for i in need}
-        for s in range(stream.steps_per_epoch):
+        steps = max(stores[i].steps_in(e, stream.steps_per_epoch) for i in need)
+        for s in range(steps):
             idx, crops, mix = stream.batch_params(e, s)
             x = render(images, idx, crops, mix, device)
             with torch.inference_mode():
@@ -268,18 +282,26 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
             shared["perm"].append((mix.perm if mix else torch.arange(len(idx))).to(torch.int32)[None])
             for i in need:
                 st = stores[i]
+                if s >= st.steps_in(e, stream.steps_per_epoch):
+                    continue
                 for k, v in compress(logits, st.topk or logits.shape[1], getattr(torch, st.dtype)).items():
                     own[i].setdefault(k, []).append(v)
         for i in need:
-            tensors = {k: torch.cat(v) for k, v in {**shared, **own[i]}.items()}
-            save_tensors(stored_path(stores[i].root, e), tensors, {"epoch": e, "key": tags[i]})
+            n = stores[i].steps_in(
+                e, stream.steps_per_epoch
+            )  # a pruned store's last epoch: its first n steps
+            tensors = {k: torch.cat(v[:n]) for k, v in {**shared, **own[i]}.items()}
+            save_tensors(stored_path(stores[i].root, e), tensors, {"epoch": e, "key": tags[i], "steps": n})
         engine.test_signal(e + 1)
         if engine.stop_requested():  # every finished epoch is a file: nothing more to save
             raise engine.Preempted("stored-label writing", e + 1, epochs, stores[0].root)
     for st, n in zip(stores, stale):
         if n:
             print(f"hellodd: {st.root}: {n} stored-label file(s) were made from other inputs; rewritten")
-    return [[stored_path(st.root, e) for e in range(st.epochs)] for st in stores]
+    return [
+        [stored_path(st.root, e) for e in range(st.epochs) if st.steps_in(e, stream.steps_per_epoch)]
+        for st in stores
+    ]
 
 
 def write_stored_labels(
@@ -328,8 +350,8 @@ class StoredLabels:
         if missing:
             raise UserError(f"{self.root}: stored labels lack epoch files {missing[:3]}; write them first")
 
-    def _load(self, epoch: int):
-        e = epoch % self.kept
+    def _load(self, e: int):
+        """The file of stored epoch ``e`` (kept in memory until another is asked for)."""
         if self._epoch != e:
             path = stored_path(self.root, e)
             tensors, meta = load_tensors(path)
@@ -341,19 +363,25 @@ class StoredLabels:
             self._epoch, self._data = e, tensors
         return self._data
 
+    def record(self, epoch: int, step: int) -> tuple[int, int]:
+        """The stored (epoch, step) a training step replays: the same step of kept epoch ``epoch mod kept``."""
+        return epoch % self.kept, step
+
     def batch_params(self, epoch: int, step: int):
-        d, b = self._load(epoch), self.stream.batch
-        rows = slice(step * b, (step + 1) * b)
+        e, s = self.record(epoch, step)
+        d, b = self._load(e), self.stream.batch
+        rows = slice(s * b, (s + 1) * b)
         idx = d["indices"][rows].long()
         crops = CropParams.from_tensor(d["crops"][rows])
-        cm = d["cutmix"][step]
+        cm = d["cutmix"][s]
         mix = (
-            CutMixParams(d["perm"][step].long(), tuple(int(v) for v in cm[:4].tolist()), float(cm[4]))
+            CutMixParams(d["perm"][s].long(), tuple(int(v) for v in cm[:4].tolist()), float(cm[4]))
             if self.stream.alpha > 0
             else None
         )
         return idx, crops, mix
 
     def targets(self, x, y, mix, epoch, step):
+        e, s = self.record(epoch, step)
         b = self.stream.batch
-        return decompress(self._load(epoch), slice(step * b, (step + 1) * b), self.num_classes).to(x.device)
+        return decompress(self._load(e), slice(s * b, (s + 1) * b), self.num_classes).to(x.device)

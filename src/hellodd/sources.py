@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hellodd import engine, storage
+from hellodd import compressors, engine, storage
 from hellodd.config import Config, split_source
 from hellodd.io import sha256, tensor_sha256
 from hellodd.labels import (
@@ -70,6 +70,16 @@ class SourceContext:
         """An online labeller: compiled (weights frozen) when ``evaluate.compile`` is set."""
         return engine.compile_frozen(model) if self.cfg.evaluate.compile else model
 
+    def plan(self, name: str) -> compressors.Plan:
+        """What compressor ``name`` keeps of this seed's stream (``adapters``: at the projector file's bytes)."""
+        ev, st = self.cfg.evaluate, self.stream
+        adapter_bytes = 0
+        if compressors.parse(name)[1] == "adapters":
+            adapter_bytes = Path(projector_for(self.cfg, self.images)).stat().st_size
+        return compressors.plan(
+            name, ev.epochs, st.steps_per_epoch, self.num_classes, adapter_bytes, st.batch
+        )
+
     def write_stores(self, names: list[str]) -> None:
         """Stored labels of every name in ``names``, written in one teacher pass (the same views)."""
         if not names:
@@ -77,25 +87,30 @@ class SourceContext:
         ev = self.cfg.evaluate
         stores = {}
         for name in names:
-            topk = 0 if name == "stored" else ev.compressed_topk
-            kept = ev.epochs if name == "stored" else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
+            records = 0
+            if compressors.is_compressor(name):
+                p = self.plan(name)
+                topk, kept, records = p.topk, p.epochs_written, p.records
+            else:
+                topk = 0 if name == "stored" else ev.compressed_topk
+                kept = ev.epochs if name == "stored" else kept_epochs(ev.epochs, ev.compressed_epoch_fraction)
             folder = (
                 self.stores_in / f"{name}-labels" / f"seed{self.seed}"
                 if self.stores_in
                 else label_store_dir(self.cfg, name, self.seed)
             )
             root = folder / f"rank{self.fabric.global_rank}"
-            key = stored_key(self.images, self.teacher_path, self.stream, ev.stored_dtype, topk)
-            stores[name] = LabelStore(root, key, kept, ev.stored_dtype, topk)
+            key = stored_key(self.images, self.teacher_path, self.stream, ev.stored_dtype, topk, records)
+            stores[name] = LabelStore(root, key, kept, ev.stored_dtype, topk, records)
         files = write_label_stores(
             list(stores.values()), self.teacher, self.images, self.stream, self.fabric.device
         )
         self.stores = {name: (st, f) for (name, st), f in zip(stores.items(), files)}
 
 
-def stored_key(images, teacher_path, stream, dtype: str, topk: int) -> dict:
+def stored_key(images, teacher_path, stream, dtype: str, topk: int, records: int = 0) -> dict:
     """Everything stored labels depend on: a file made from anything else is never reused."""
-    return {
+    key = {
         "format": "hellodd-stored-labels-v2",
         "images_sha256": tensor_sha256(images),
         "teacher_sha256": sha256(teacher_path),
@@ -106,6 +121,9 @@ def stored_key(images, teacher_path, stream, dtype: str, topk: int) -> dict:
         "dtype": dtype,
         "topk": topk,
     }
+    if records:  # a pruned store: only the first records (older keys stay as they were)
+        key["records"] = records
+    return key
 
 
 @dataclass(frozen=True)
@@ -174,6 +192,37 @@ def _stored(ctx: SourceContext, name: str) -> LabelSource:
     return StoredLabels(store.root, ctx.stream, store.key, ctx.num_classes, store.epochs, name, cost)
 
 
+@register(*compressors.COMPRESSORS)
+def _compressor(ctx: SourceContext, name: str) -> LabelSource:
+    store, files = ctx.stores[name]
+    p = ctx.plan(name)
+    cost = storage.label_storage("stored", stored_files=files)
+    cost["formula"] += f" ({p.describe} of {ctx.cfg.evaluate.epochs * ctx.stream.steps_per_epoch})"
+    ev = ctx.cfg.evaluate
+    return compressors.PrunedLabels(
+        store.root,
+        ctx.stream,
+        store.key,
+        ctx.num_classes,
+        p,
+        ev.epochs,
+        name,
+        cost,
+        ev.temperature,
+        ev.lpqld_reuse,
+    )
+
+
+def builder_of(base: str) -> SourceBuilder:
+    """The builder of a source name without refinement (``lpld:40``: the ``lpld`` builder)."""
+    return REGISTRY[base.partition(":")[0]]
+
+
+def is_written(base: str) -> bool:
+    """Whether a source's labels are written to disk from the teacher (stored, compressed, a compressor's)."""
+    return base in STORED or compressors.is_compressor(base)
+
+
 def build_label_sources(
     cfg: Config,
     fabric,
@@ -190,10 +239,10 @@ def build_label_sources(
     ctx = SourceContext(cfg, fabric, images, stream, seed, num_classes, shared, stores_in)
     names = cfg.evaluate.label_sources
     bases = list(dict.fromkeys(split_source(n)[0] for n in names))  # teacher+gift: the teacher
-    ctx.write_stores([n for n in STORED if n in bases])
+    ctx.write_stores([n for n in bases if is_written(n)])
     built = {}
     for base in bases:
-        builder = REGISTRY[base]
+        builder = builder_of(base)
         if builder.online:
             if base not in shared:
                 shared[base] = builder.build(ctx, base)

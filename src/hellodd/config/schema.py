@@ -25,7 +25,14 @@ Refinement = Literal["gift"]
 LABEL_REFINEMENTS: tuple[str, ...] = typing.get_args(Refinement)
 
 DataName = Literal[
-    "fashion-mnist", "imagefolder", "synthetic", "fashion-mnist-scenes", "synthetic-scenes", "voc", "masks"
+    "fashion-mnist",
+    "imagefolder",
+    "synthetic",
+    "glyphs",
+    "fashion-mnist-scenes",
+    "synthetic-scenes",
+    "voc",
+    "masks",
 ]
 # the datasets of the segmentation task (hellodd.tasks): a class map per image, IGNORE_INDEX = not labelled
 SEGMENTATION_DATA = ("fashion-mnist-scenes", "synthetic-scenes", "voc", "masks")
@@ -36,6 +43,7 @@ FloatDtype = Literal["float32", "float16", "bfloat16"]
 Init = Literal["rded", "random", "folder"]
 Loss = Literal["mse", "kl"]
 Schedule = Literal["half-cosine", "cosine"]
+HeadInit = Literal["names", "prototypes"]
 Parallel = Literal["data", "runs"]
 ADAPTER_DTYPES: tuple[str, ...] = typing.get_args(FloatDtype)
 
@@ -78,8 +86,20 @@ def split_source(name: str) -> tuple[str, str]:
     return base, refinement
 
 
+# the field's stored-label compressors, asked for at a ratio: "lpld:40", "lpqld:200", "lpld:adapters"
+# (hellodd.compressors): X >= 1, or "adapters" (the ratio at which they weigh the projector's adapters)
+COMPRESSOR_SOURCE = re.compile(r"(lpld|lpqld):(adapters|\d+(?:\.\d+)?)")
+
+
+def is_compressor_source(name: str) -> bool:
+    m = COMPRESSOR_SOURCE.fullmatch(name)
+    return bool(m) and (m.group(2) == "adapters" or float(m.group(2)) >= 1)
+
+
 def is_label_source(name: str) -> bool:
     base, refinement = split_source(name)
+    if is_compressor_source(base):
+        return not refinement
     return base in LABEL_SOURCES and (not refinement or (refinement in LABEL_REFINEMENTS and base != "hard"))
 
 
@@ -94,6 +114,13 @@ class DataConfig:
     synthetic_per_class: int = 24  # synthetic only
     scenes_train: int = 4000  # fashion-mnist-scenes / synthetic-scenes: train scenes composed
     scenes_val: int = 1000  # ... and val scenes
+    # glyphs (hellodd.glyphs): root is the fonts folder; the N most common characters every face covers, each
+    # rendered this many times per training face / validation face, seeded; the Unihan file that ranks them
+    glyph_classes: int = 100
+    glyph_train_renderings: int = 3
+    glyph_val_renderings: int = 2
+    glyph_seed: int = 0
+    glyph_unihan: str = "/usr/share/unicode/Unihan_DictionaryLikeData.txt.bz2"
     max_images: int = 0  # voc / masks: the first N images of each split (0 = all)
     workers: int = 0  # DataLoader workers for ImageFolder data (in-memory data always uses 0)
 
@@ -132,6 +159,11 @@ class ProjectorConfig:
     base: str = "clip:RN50"  # clip:<open_clip architecture> | efficientnet-lite0 | efficientnet-lite2
     checkpoint: str = ""  # local weights for a clip base (OpenAI or open_clip format)
     random_init: bool = False  # seeded random base weights (the seed is the whole storage)
+    # the head's start: "names" (CLIP's text embeddings of the class names, or EfficientNet's ImageNet rows
+    # mapped by name) or "prototypes" (the base's own features of each class's public prototype image, e.g. a
+    # character rendered in a reference face: for classes whose names say nothing to the base; zero bytes)
+    head_init: HeadInit = "names"
+    prototype_font: str = "/usr/share/fonts/truetype/arphic/uming.ttc"  # head_init=prototypes: the face drawn
     base_seed: int = 0
     image_size: int = 224  # projector input resolution
     # dense: a logit map per image (segmentation), the head applied at every location of the encoder's
@@ -225,6 +257,12 @@ class EvaluateConfig:
     # the other classes get the mean of the dropped logits) for a fraction of the epochs (the rest replay them)
     compressed_topk: int = 3
     compressed_epoch_fraction: float = 0.5
+    # seeds of the stored-label compressors' sweep (lpld:X, lpqld:X): their extra points may use fewer seeds than
+    # the main sources (empty = evaluate.seeds)
+    sweep_seeds: list[int] = field(default_factory=list)
+    # lpqld:X: the teacher temperature of its rebuilt targets follows LPQLD's dynamic knowledge reuse (from
+    # evaluate.temperature down 0.7x per tenth of training, >= 2); false: evaluate.temperature throughout
+    lpqld_reuse: bool = True
     # false: each seed's stored label files are deleted once its runs are done (their bytes are measured
     # first), for dense labels that would crowd the disk: a run that resumes writes them again
     keep_stored: bool = True

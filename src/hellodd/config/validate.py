@@ -96,12 +96,14 @@ def validate(cfg: Config) -> None:
         (
             all(map(is_label_source, cfg.evaluate.label_sources)) and cfg.evaluate.label_sources,
             "evaluate.label_sources",
-            f"a non-empty subset of {', '.join(LABEL_SOURCES)} (a logit source may add +gift)",
+            f"a non-empty subset of {', '.join(LABEL_SOURCES)} (a logit source may add +gift), or lpld:X / "
+            "lpqld:X (X >= 1 or adapters)",
         ),
         (
             all(map(is_label_source, cfg.evaluate.baseline_sources)),
             "evaluate.baseline_sources",
-            f"a subset of {', '.join(LABEL_SOURCES)} (a logit source may add +gift; empty: no random-subset baseline)",
+            f"a subset of {', '.join(LABEL_SOURCES)} (a logit source may add +gift; lpld:X / lpqld:X; empty: no "
+            "random-subset baseline)",
         ),
         (cfg.evaluate.compressed_topk >= 1, "evaluate.compressed_topk", "at least 1"),
         (
@@ -112,6 +114,17 @@ def validate(cfg: Config) -> None:
         (0 < cfg.distill.crop_min_scale <= 1, "distill.crop_min_scale", "in (0, 1]"),
         (cfg.distill.update_epochs >= 0, "distill.update_epochs", "0 or more"),
         (len(cfg.evaluate.seeds) >= 1, "evaluate.seeds", "a list of at least one seed"),
+        (
+            not cfg.evaluate.sweep_seeds or set(cfg.evaluate.sweep_seeds) <= set(cfg.evaluate.seeds),
+            "evaluate.sweep_seeds",
+            "empty (evaluate.seeds) or some of evaluate.seeds",
+        ),
+        (
+            cfg.projector.head_init == "names"
+            or (not cfg.projector.base.startswith("sam:") and not cfg.projector.dense),
+            "projector.head_init",
+            "names for dense or SAM bases (prototypes: whole-image classification bases)",
+        ),
         (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
     ]
     archs = f"convnet, convnet-dN, convnet-dN-wM or one of {', '.join(TORCHVISION_ARCHS)}"

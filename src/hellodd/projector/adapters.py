@@ -140,6 +140,13 @@ def load_projector(
         raise UserError(
             f"{path}: the installed {pcfg.base} weights differ from those the adapters were trained on"
         )
+    if (
+        recorded.get("prototype_font_sha256")
+        and p.info.get("prototype_font_sha256") != recorded["prototype_font_sha256"]
+    ):
+        raise UserError(
+            f"{path}: {pcfg.prototype_font} is not the font the adapters' prototype head was drawn in (sha256 differs)"
+        )
     add_adapters(p, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
     own = adapter_tensors(p)
     if own.keys() != tensors.keys() or any(own[k].shape != tensors[k].shape for k in own):

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
+from hellodd.io import sha256
 from hellodd.projector.clip import (
     CLIP_MEAN,
     CLIP_STD,
@@ -77,10 +80,45 @@ def build_base(
     ``text_head=False`` leaves a CLIP base's head at zero (shapes only: for counting adapter bytes)."""
     check_base(pcfg)
     if pcfg.base.startswith("clip:"):
-        return build_clip(pcfg, classes, cache_dir, text_head)
-    if pcfg.base.startswith("sam:"):
+        p = build_clip(pcfg, classes, cache_dir, text_head and pcfg.head_init == "names")
+    elif pcfg.base.startswith("sam:"):
         return build_sam(pcfg, classes)
-    return build_efficientnet(pcfg, classes, cache_dir)
+    else:
+        p = build_efficientnet(pcfg, classes, cache_dir)
+    if pcfg.head_init == "prototypes" and text_head:
+        prototype_head(p, pcfg)
+    return p
+
+
+@torch.no_grad()
+def prototype_head(p: Projector, pcfg: ProjectorConfig) -> None:
+    """Start the head from the base's own features of each class's prototype image: the class name (a
+    character) drawn in ``projector.prototype_font``.  Row c is the centred, normalised prototype feature
+    ``(f_c - mu) / |f_c - mu|``, scaled so that a prototype's own logit is 10 above the mean; the bias
+    centres on ``mu``.  Derived from public weights, a public font and the class names: zero stored bytes."""
+    from hellodd.glyphs import prototype_images  # lazy: renders with PIL and reads the font
+
+    images = prototype_images(p.classes, pcfg.prototype_font, p.image_size)
+    was = p.training
+    p.eval()
+    feats = torch.cat([p.encode(images[i : i + 200]) for i in range(0, len(images), 200)]).float()
+    if p.normalize:
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+    mu = feats.mean(0)
+    centred = feats - mu
+    w = torch.nn.functional.normalize(centred, dim=-1)
+    alpha = 10.0 / (w * centred).sum(-1).mean().clamp_min(1e-6)
+    weight, bias = alpha * w, -(alpha * w) @ mu
+    p.head.weight.copy_(weight / p.scale)
+    if p.head.bias is not None:
+        p.head.bias.copy_(bias / p.scale)
+    p.train(was)
+    p.info = {
+        **p.info,
+        "head_init": f"prototypes: the class names drawn in {pcfg.prototype_font}",
+        "prototype_font_sha256": sha256(pcfg.prototype_font),
+        "head_file": None,
+    }
 
 
 def weights_id(base: str, random_init: bool, base_seed: int, checkpoint_sha256: str | None) -> str:

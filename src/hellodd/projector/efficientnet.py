@@ -253,7 +253,10 @@ def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Pat
         weights_sha = sha256(weights)
     net.eval()
     wid = f"seed:{pcfg.base_seed}" if pcfg.random_init else efficientnet_weights_id(base)
-    w, b, how = _efficientnet_head(net, base, classes, cache_dir, wid)
+    if pcfg.head_init == "names":
+        w, b, how = _efficientnet_head(net, base, classes, cache_dir, wid)
+    else:  # the caller draws the head from prototypes (bases.prototype_head)
+        w, b, how = torch.zeros(len(classes), net._fc.in_features), torch.zeros(len(classes)), pcfg.head_init
     info = {
         "base": base,
         "pretrained": not pcfg.random_init,

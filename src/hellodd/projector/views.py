@@ -3,6 +3,7 @@ student views, so the adapters that label a set have seen what students will ask
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -166,7 +167,8 @@ def adapt_to_views(
             bar.set_postfix(mse=f"{mse.item():.3f}", refresh=False)
         if step in checks:  # remember the best adapters; a regression goes back to them and halves the rates
             now = select_mse()
-            regression = now > (1 + REGRESSION_TOLERANCE) * best["mse"]
+            # a NaN or infinite MSE (adapters blown up) is the worst regression, not "no worse than the best"
+            regression = not math.isfinite(now) or now > (1 + REGRESSION_TOLERANCE) * best["mse"]
             if regression:
                 proj.load_state_dict(best["adapters"], strict=False)
                 for g in opt.param_groups:
