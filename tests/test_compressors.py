@@ -171,3 +171,47 @@ def test_a_prototype_head_labels_its_own_prototypes():
         logits = p(prototype_images(classes, pcfg.prototype_font, 32))
     assert torch.equal(logits.argmax(1), torch.arange(len(classes)))
     assert p.info["prototype_font_sha256"] and p.info["head_file"] is None
+
+
+def test_a_prototype_head_survives_its_adapter_file_and_refuses_another_font(tmp_path):
+    """The adapter file records head_init and the font: loading it rebuilds the same prototype head (the same
+    logits as the projector that was saved), and a font whose bytes changed since is refused in one line."""
+    import shutil
+    from pathlib import Path
+
+    from hellodd.config import ProjectorConfig
+    from hellodd.errors import UserError
+    from hellodd.projector.adapters import add_adapters, load_projector, save_adapters
+    from hellodd.projector.bases import build_base
+
+    font = ProjectorConfig().prototype_font
+    if not Path(font).is_file():
+        pytest.skip("the prototype font is not installed (make glyphs)")
+    own_font = tmp_path / "face.ttc"
+    shutil.copy(font, own_font)
+    pcfg = ProjectorConfig(
+        base="efficientnet-lite0",
+        random_init=True,
+        image_size=32,
+        head_init="prototypes",
+        prototype_font=str(own_font),
+        encoder_rank=2,
+        head_rank=2,
+    )
+    classes = list("一上下不中也了交人他")
+    p = build_base(pcfg, classes)
+    add_adapters(p, pcfg.encoder_rank, pcfg.head_rank, pcfg.frozen_depth)
+    with torch.no_grad():
+        for name, t in p.named_parameters():
+            if t.requires_grad:
+                t.add_(0.01 * torch.randn(t.shape, generator=torch.Generator().manual_seed(len(name))))
+    save_adapters(tmp_path / "adapters.safetensors", p, pcfg)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = p.eval()(x)
+        got = load_projector(tmp_path / "adapters.safetensors", cache_dir=tmp_path / "cache")(x)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)  # fp16 adapters in the file
+    with open(own_font, "ab") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(UserError, match="not the font"):
+        load_projector(tmp_path / "adapters.safetensors", cache_dir=tmp_path / "cache")

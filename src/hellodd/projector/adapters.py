@@ -96,6 +96,8 @@ def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None 
                 "dense",
                 "output_stride",
                 "adapter_dtype",
+                "head_init",
+                "prototype_font",
             )
         },
         "classes": module.classes,
