@@ -215,3 +215,25 @@ def test_a_prototype_head_survives_its_adapter_file_and_refuses_another_font(tmp
         f.write(b"\0" * 16)
     with pytest.raises(UserError, match="not the font"):
         load_projector(tmp_path / "adapters.safetensors", cache_dir=tmp_path / "cache")
+
+
+def test_the_report_counts_the_compressors_the_projector_beats_at_equal_or_larger_bytes():
+    """The verdict names each stored-label source with its bytes, orders a sweep by ratio, and counts how many
+    of the sources that weigh at least the adapters the projector beats (hand-made numbers)."""
+    from hellodd.frontier import verdict
+
+    base = {"student": "convnet", "random": False, "std": 0.1}
+    rows = [
+        ("projector", 30.0, 1000),
+        ("teacher", 40.0, 5000),
+        ("stored", 41.0, 100_000),
+        ("lpld:200", 25.0, 500),  # lighter: not counted
+        ("lpld:40", 29.0, 2500),  # heavier and beaten
+        ("lpld:adapters", 31.0, 1000),  # equal bytes, not beaten
+    ]
+    lines = verdict([{**base, "source": s, "mean": m, "bytes": b} for s, m, b in rows])
+    text = "\n".join(lines)
+    assert "BELOW the teacher's" in text
+    assert text.index("`lpld:40`") < text.index("`lpld:200`") < text.index("`lpld:adapters`")
+    assert "beat 1 of the 3 stored-label sources that weigh at least its adapters" in text
+    assert "1/100 of the stored labels" in text

@@ -142,7 +142,8 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
     positive = [e["bytes"] for e in pts if e["bytes"] > 0]
     floor = 10 ** math.floor(math.log10(min(positive) / 10)) if positive else 1.0
     sources = sorted({e["source"] for e in pts})
-    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(sources)}
+    palette = "tab10" if len(sources) <= 10 else "tab20"  # a compressor sweep: no two sources share a colour
+    colours = {s: plt.get_cmap(palette)(i % 20) for i, s in enumerate(sources)}
     many = len({e["run"] for e in pts}) > 1
     fig, ax = plt.subplots(figsize=(8, 5.5))
     seen = set()
@@ -226,19 +227,46 @@ def verdict(entries: list[dict]) -> list[str]:
             f"- Projector labels {proj['mean']:.2f} ± {proj['std']:.2f} against the online teacher's "
             f"{teacher['mean']:.2f} ± {teacher['std']:.2f} ({gap:+.2f}): {where}."
         )
-    compressed = sorted({e["source"] for e in mine if is_compressor_source(e["source"])})
+    compressed = sorted(
+        {e["source"] for e in mine if is_compressor_source(e["source"])},
+        key=lambda n: (n.partition(":")[0], _ratio(n)),
+    )
+    heavier, beaten = 0, 0
     for name in ("stored", "compressed", *compressed):
         other = _mean(mine, name)
         if other is None:
             continue
         cheaper = "no more" if other["bytes"] <= proj["bytes"] else "more"
         beats = "beat" if proj["mean"] > other["mean"] else "do not beat"
+        if other["bytes"] >= proj["bytes"]:
+            heavier += 1
+            beaten += proj["mean"] > other["mean"]
         lines.append(
-            f"- {name[0].upper() + name[1:]} labels cost {other['bytes']:,} B, {cheaper} than the projector's "
+            f"- `{name}` labels cost {other['bytes']:,} B, {cheaper} than the projector's "
             f"{proj['bytes']:,} B, and reach {other['mean']:.2f} ± {other['std']:.2f}: the projector's labels "
             f"{beats} them."
         )
+    stored = _mean(mine, "stored")
+    if heavier:
+        weight = ""
+        if stored and stored["bytes"] > proj["bytes"]:
+            weight = f"; its adapters weigh 1/{stored['bytes'] / proj['bytes']:,.0f} of the stored labels"
+        elif stored:
+            weight = f"; its adapters weigh {proj['bytes'] / max(stored['bytes'], 1):,.2f}x the stored labels"
+        lines.append(
+            f"- At equal or larger bytes the projector's labels beat {beaten} of the {heavier} stored-label "
+            f"sources that weigh at least its adapters{weight}."
+        )
     return lines
+
+
+def _ratio(name: str) -> float:
+    """A compressor's ratio for ordering (``adapters`` after every number)."""
+    arg = name.partition(":")[2]
+    try:
+        return float(arg)
+    except ValueError:
+        return float("inf")
 
 
 def ipc_table(entries: list[dict]) -> str:
