@@ -237,3 +237,14 @@ def test_the_report_counts_the_compressors_the_projector_beats_at_equal_or_large
     assert text.index("`lpld:40`") < text.index("`lpld:200`") < text.index("`lpld:adapters`")
     assert "beat 1 of the 3 stored-label sources that weigh at least its adapters" in text
     assert "1/100 of the stored labels" in text
+
+
+def test_a_missing_prototype_font_is_refused_before_any_stage(tmp_path, capsys):
+    """head_init=prototypes with a font that is not there: one line naming the option, exit 2, nothing written."""
+    from hellodd.cli import main
+
+    args = ["run", "--preset", "synthetic", "--out", str(tmp_path / "run")]
+    sets = ["projector.head_init=prototypes", f"projector.prototype_font={tmp_path / 'no.ttf'}"]
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    assert "projector.prototype_font" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

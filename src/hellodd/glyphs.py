@@ -320,14 +320,20 @@ def load_glyphs(cfg) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list
     return splits, [class_name(c) for c in chars], set_id
 
 
+def check_prototype_font(font: str | os.PathLike) -> Path:
+    """The prototype head's font file, or the one line that refuses it (asked before any stage)."""
+    path = Path(font)
+    if not path.is_file():
+        raise UserError(f"--set projector.prototype_font={path}: file not found ({INSTALL_HINT})")
+    return path
+
+
 def prototype_images(classes: list[str], font: str | os.PathLike, size: int) -> torch.Tensor:
     """Each class name (one character) drawn once, centred, light on black, in ``font``: float ``[C, 1, S, S]``
     in [0, 1] (the projector's prototype head; no randomness)."""
     from PIL import Image, ImageDraw  # lazy with the rendering
 
-    path = Path(font)
-    if not path.is_file():
-        raise UserError(f"--set projector.prototype_font={path}: file not found ({INSTALL_HINT})")
+    path = check_prototype_font(font)
     out = np.zeros((len(classes), 1, size, size), np.float32)
     face = _font(str(path), 0, int(size * 0.8))
     for c, name in enumerate(classes):

@@ -53,9 +53,13 @@ __all__ = [
 
 def check_base(pcfg: ProjectorConfig) -> None:
     """Refuse, with one line, a base that cannot be built: an unknown name, a CLIP architecture open_clip does
-    not know, CLIP without weights (nothing is downloaded), a missing checkpoint or weights package.  Reads no
+    not know, CLIP without weights (nothing is downloaded), a missing checkpoint, weights package or prototype font.  Reads no
     weights, so a run can ask before its first stage."""
     base = pcfg.base
+    if pcfg.head_init == "prototypes":
+        from hellodd.glyphs import check_prototype_font  # lazy, as the head that draws with it
+
+        check_prototype_font(pcfg.prototype_font)
     if base in EFFICIENTNET_BASES:
         if not pcfg.random_init:
             efficientnet_weights_id(base)  # the package that ships the weights is installed
