@@ -1,6 +1,7 @@
 """Stage 5 end to end on the synthetic preset, and the whole pipeline through ``hellodd run``."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,39 @@ def test_run_executes_every_stage_and_records_each(ran):
         assert r["seconds_per_iteration"] > 0 and r["top1"] * val / 100 == pytest.approx(
             round(r["top1"] * val / 100)
         )
+
+
+@RUN
+def test_the_evaluation_profile_accounts_for_its_runs(ran):
+    """Each run's parts (views, labels, step, checkpoints, validation) are its own clock's: together no more
+    than the run's seconds and most of it; the stage's profile sums them per source, and the benchmark that
+    prints a run's profile reads them back."""
+    import subprocess
+    import sys
+
+    out, _ = ran
+    metrics = json.loads((out / "evaluate" / SET / "metrics.json").read_text())
+    parts = ("views", "labels", "step", "checkpoints", "validation")
+    for r in metrics["rows"]:
+        p = r["parts_seconds"]
+        assert all(p[k] >= 0 for k in parts) and p["step"] > 0 and p["validation"] > 0
+        assert 0.5 * r["seconds"] < sum(p[k] for k in parts) <= r["seconds"]
+        assert p["first_iterations_extra"] <= p["views"] + p["labels"] + p["step"]
+    # a source with no labeller spends next to nothing labelling; an online model does spend
+    hard = [r["parts_seconds"]["labels"] for r in metrics["rows"] if r["source"] == "hard"]
+    teacher = [r["parts_seconds"]["labels"] for r in metrics["rows"] if r["source"] == "teacher"]
+    assert sum(hard) < sum(teacher)
+    prof = metrics["profile"]
+    assert prof["total"]["step"] == pytest.approx(sum(r["parts_seconds"]["step"] for r in metrics["rows"]))
+    assert set(prof["by_source"]) == {r["source"] for r in metrics["rows"]}
+    assert prof["total"]["label_sources_built"] > 0  # stored labels were written
+    script = Path(__file__).parents[1] / "benchmarks" / "profile_run.py"
+    shown = subprocess.run(
+        [sys.executable, str(script), str(out)], capture_output=True, text=True, check=True
+    )
+    assert (
+        f"evaluate {SET}" in shown.stdout and "| labels |" in shown.stdout and "| teachers |" in shown.stdout
+    )
 
 
 @RUN

@@ -66,6 +66,19 @@ def seeds_of(ev, name: str) -> list[int]:
     return list(ev.seeds)
 
 
+def profile(rows: list[dict], building: float) -> dict:
+    """Where the evaluation's seconds went: building the label sources (loading and compiling nothing yet;
+    writing stored labels), then each part of the student runs (:class:`hellodd.students.PartClock`), summed
+    over this process's runs and per source.  Runs finished earlier carry no parts and count nowhere."""
+    total, by_source = {"label_sources_built": building}, {}
+    for r in rows:
+        for part, sec in r.get("parts_seconds", {}).items():
+            total[part] = total.get(part, 0.0) + sec
+            mine = by_source.setdefault(r["source"], {})
+            mine[part] = mine.get(part, 0.0) + sec
+    return {"total": total, "by_source": by_source}
+
+
 def run_key(cfg: Config, images_sha: str, source, arch: str, seed: int, world: int) -> str:
     """Everything one (source, student, seed) run depends on: a finished run or a resume state made from
     anything else is not reused."""
@@ -139,7 +152,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     pairs = [(seed, name) for seed in ev.seeds for name in ev.label_sources if seed in seeds_of(ev, name)]
     owner = {pair: i % fabric.world_size for i, pair in enumerate(pairs)}
     mine = [r for r in plan if owner[(r[0], r[2])] == fabric.global_rank] if spread else plan
-    done, cost, online = {}, {}, {}
+    done, cost, online, building = {}, {}, {}, 0.0
     for seed in ev.seeds:
         todo = [(arch, name) for s, arch, name in mine if s == seed]
         if not todo:
@@ -149,7 +162,9 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         )
         needed = [n for n in ev.label_sources if n in {name for _, name in todo}]
         only = replace(cfg, evaluate=replace(ev, label_sources=needed))
+        t1 = time.perf_counter()
         sources = build_label_sources(only, worker, images, stream, seed, bundle.num_classes, online)
+        building += time.perf_counter() - t1  # loading labellers, writing this seed's stored labels
         for k, src in sources.items():
             cost.setdefault(k, src.storage)  # stored labels: the first seed's files
         for arch, name in todo:
@@ -194,6 +209,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "mean_top1": means,  # the task's headline metric per source (top-1, or mIoU for segmentation)
         "table": table,
         "seconds": time.perf_counter() - t0,
+        "profile": profile(rows, building),
     }
     metrics["stored_deleted"] = not ev.keep_stored and any(is_written(n) for n in ev.label_sources)
     metrics["sweep_seeds"] = {n: seeds_of(ev, n) for n in ev.label_sources if seeds_of(ev, n) != ev.seeds}

@@ -47,18 +47,44 @@ def student_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) ->
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class PartClock:
+    """Seconds per part of a student run (views, labels, the optimiser step, checkpoints, validation), for the
+    evaluation's profile.  On a GPU each part ends with a synchronisation, so the parts add up to the step."""
+
+    PARTS = ("views", "labels", "step", "checkpoints", "validation")
+
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.t = time.perf_counter()
+
+    def start(self) -> None:
+        self.t = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.seconds[part] += now - self.t
+        self.t = now
+
+
 def student_step(
-    cfg: Config, fabric, model, opt, source, stream, images, labels, epoch: int, step: int
+    cfg: Config, fabric, model, opt, source, stream, images, labels, epoch: int, step: int, clock=None
 ) -> torch.Tensor:
     """One student iteration, as timed per label source: render the batch's views, label them, one optimiser
-    step.  Stored labels replay their own copy of the stream's batches; other sources draw from ``stream``."""
+    step.  Stored labels replay their own copy of the stream's batches; other sources draw from ``stream``.
+    With a :class:`PartClock`, the seconds of each part are added to it."""
     task = task_of(cfg.data)
+    lap = clock.lap if clock is not None else (lambda part: None)
     batches = source if source.own_views else stream  # stored labels replay their views
     idx, crops, mix = batches.batch_params(epoch, step)
     x = render(images, idx, crops, mix, fabric.device)
     y = task.view_targets(labels, idx, crops, mix, fabric.device)
+    lap("views")
     with fabric.autocast():  # engine.precision: labels are generated at the student's precision
         targets = source.targets(x, y, mix, epoch, step)
+        lap("labels")
         out = model(x).float()
     loss = task.student_loss(cfg.evaluate, out, targets, source.kind, y)
     opt.zero_grad(set_to_none=True)
@@ -66,6 +92,7 @@ def student_step(
     opt.step()
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
+    lap("step")
     return loss
 
 
@@ -124,12 +151,14 @@ def train_student(
         leave=False,
     )
     loss = torch.zeros(())
+    clock = PartClock(fabric.device)
     for epoch in range(start_epoch, ev.epochs):
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(ev.schedule, epoch, ev.epochs)
         for step in range(stream.steps_per_epoch):
             t0 = time.perf_counter()
-            loss = student_step(cfg, fabric, model, opt, source, stream, images, labels, epoch, step)
+            clock.start()
+            loss = student_step(cfg, fabric, model, opt, source, stream, images, labels, epoch, step, clock)
             times.append(time.perf_counter() - t0)
             step_total += 1
             point.hook(step_total)
@@ -147,12 +176,18 @@ def train_student(
                 "steps": step_total,
                 "seconds": before + time.perf_counter() - started,
             }
+            clock.start()
             point.save(epoch + 1, state, stop)
+            clock.lap("checkpoints")
     bar.close()
     # compiled validation: one eval-mode compile per process, then 1.6x faster per run (docs/performance.md)
     classes = classes or [str(c) for c in range(num_classes)]
+    clock.start()
     val_metrics = task.evaluate(fabric, model, val, classes, ev.eval_batch_size)
+    clock.lap("validation")
     warm = times[5:] if len(times) > 5 else times
+    # the first iterations' time above the median: compiling the student and, on first use, its labeller
+    first = sum(times[: min(5, len(times))]) - statistics.median(warm) * min(5, len(times)) if warm else 0.0
     return {
         "source": source.name,
         "student": arch,
@@ -165,4 +200,5 @@ def train_student(
         "seconds": before + time.perf_counter() - started,  # the run: training, label generation, validation
         "final_loss": float(loss.item()),
         "peak_memory_mib": peak_memory_mib(fabric.device),
+        "parts_seconds": {**clock.seconds, "first_iterations_extra": max(first, 0.0)},
     }
