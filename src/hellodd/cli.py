@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
             "  hellodd run --preset imagenet-1k --data DIR --clip-checkpoint RN50.pt --devices 8\n"
             "  hellodd evaluate --out runs/x --set 'evaluate.students=[resnet18]'\n"
             "  hellodd export --out runs/x --tar             one folder (or .tar) anyone opens with hellodd.load\n"
+            "  hellodd export --out runs/x --format hf       a Hugging Face dataset (datasets.load_dataset opens it)\n"
             "Run 'hellodd COMMAND --help' for a command's options; bad input exits with code 2 and one line."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,8 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", help="export folder (default: <out>/export/<preset>-<set>)")
     ex.add_argument("--tar", action="store_true", help="also write <folder>.tar")
     ex.add_argument("--png", action="store_true", help="also include the images as an ImageFolder PNG tree")
+    ex.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("folder", "hf"),
+        default="folder",
+        help="folder (default) or hf: a Hugging Face dataset (parquet shards and a dataset card; needs "
+        "pip install 'hellodd[hf]')",
+    )
+    ex.add_argument(
+        "--license", default="unknown", help="the card's license for --format hf (default: unknown)"
+    )
     vf = sub.add_parser("verify", help="check an export (folder or .tar) and rebuild its labeller")
-    vf.add_argument("export", metavar="EXPORT", help="a folder or .tar written by 'hellodd export'")
+    vf.add_argument(
+        "export", metavar="EXPORT", help="a folder or .tar written by 'hellodd export' (either format)"
+    )
     vf.add_argument("--base-checkpoint", help="the base checkpoint file, for a pretrained CLIP base")
     rp = sub.add_parser("report", help="table and plot of top-1 against label bytes for one or more runs")
     rp.add_argument(
@@ -193,7 +207,7 @@ def _dispatch(cfg, command: str, args: argparse.Namespace) -> None:
     if command == "export":
         from hellodd.export import run_export
 
-        print(run_export(cfg, args.to, args.tar, args.png)["summary"])
+        print(run_export(cfg, args.to, args.tar, args.png, args.fmt, args.license)["summary"])
         return
     if command == "storage":
         from hellodd import storage

@@ -280,7 +280,11 @@ def make_synthetic(cfg: DataConfig, seed: int = 0) -> DataBundle:
 
     train = split(cfg.synthetic_per_class)
     val = split(max(4, cfg.synthetic_per_class // 2))
-    return DataBundle(train, val, [f"pattern {c}" for c in range(k)], 3, s, "synthetic")
+    return DataBundle(train, val, synthetic_classes(k), 3, s, "synthetic")
+
+
+def synthetic_classes(k: int) -> list[str]:
+    return [f"pattern {c}" for c in range(k)]
 
 
 def load_glyph_set(cfg: DataConfig) -> DataBundle:
@@ -340,23 +344,52 @@ def class_indices(targets: torch.Tensor, c: int) -> torch.Tensor:
     return torch.nonzero(targets == c).flatten()
 
 
+def class_matcher(classes: list[str]):
+    """``name -> class index or None``: how a set made elsewhere names the data's classes.  By readable name,
+    by hellodd's own ``003_dress`` PNG-tree name, by WordNet ID, or, for a purely numeric name that matches
+    nothing else (RDED's ``00042`` folders, an unnamed label), by index."""
+    index = {}
+    for c, name in enumerate(classes):
+        index.update({name: c, class_folder(c, name): c})
+
+    def match(name: str) -> int | None:
+        c = index.get(name, index.get(readable_names([name])[0]))
+        if c is None and name.isdigit() and int(name) < len(classes):
+            c = int(name)
+        return c
+
+    return match
+
+
+def class_names(cfg: DataConfig) -> list[str]:
+    """The data's class names in label order, read without an image (what a run checks before its stages)."""
+    if cfg.name == "synthetic":
+        return synthetic_classes(cfg.synthetic_classes)
+    if cfg.name == "fashion-mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if cfg.name == "glyphs":
+        from hellodd.glyphs import choose_classes, class_name  # lazy: see load_glyph_set
+
+        return [class_name(c) for c in choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)]
+    train = _imagefolder_root(cfg) / "train"
+    return readable_names(sorted(d.name for d in os.scandir(train) if d.is_dir()))
+
+
 def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
     """Distilled images made elsewhere (SRe2L, RDED, G-VBSM releases, a random subset), as an ImageFolder tree.
 
-    Class folders are matched to the data's classes by readable name, by hellodd's own ``003_dress`` PNG-tree
-    names, or by WordNet ID; every class must be present.  Images are resized and centre-cropped to the
-    data's resolution and converted to its channels.  Returns uint8 images ``[N, C, S, S]`` and labels.
+    Class folders are matched to the data's classes by :func:`class_matcher`; every class must be present.
+    Images are resized and centre-cropped to the data's resolution and converted to its channels.  Returns
+    uint8 images ``[N, C, S, S]`` and labels.
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--set distill.images={root}: folder not found")
     folders = sorted(d for d in root.iterdir() if d.is_dir())
-    index = {}
-    for c, name in enumerate(bundle.classes):
-        index.update({name: c, class_folder(c, name): c})
+    match = class_matcher(bundle.classes)
     labels_of = {}
     for d in folders:
-        c = index.get(d.name, index.get(readable_names([d.name])[0]))
+        c = match(d.name)
         if c is None:
             raise UserError(f"{d}: no class of the {bundle.source} data is called {d.name!r}")
         if c in labels_of.values():

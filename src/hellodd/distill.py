@@ -32,8 +32,9 @@ View adaptation (hellodd's, not the paper's; ``distill.adapt_steps`` > 0): the p
 the weak-teacher transfer on the students' views of the final images (:func:`hellodd.projector.adapt_to_views`);
 the result, ``adapters.safetensors`` beside the images, is what labels this set (:func:`hellodd.sets.projector_for`).
 
-Someone else's distilled images (``distill.init=folder``, an ImageFolder in ``distill.images``) skip selection
-and update; the view adaptation and everything after treat them like ours.
+Someone else's distilled images (``distill.init=folder``: an ImageFolder in ``distill.images``, or a local
+copy of a Hugging Face dataset, parquet shards or a ``save_to_disk`` folder, :mod:`hellodd.hf`) skip
+selection and update; the view adaptation and everything after treat them like ours.
 
 Outputs (the format is :mod:`hellodd.sets`'s) in ``<out>/distill/ipc<IPC>-<variant>/`` (variant ``random`` |
 ``rded`` | ``rded-update`` | ``folder``):
@@ -61,6 +62,7 @@ from hellodd.augment import CropParams, apply_crops, sample_crops, to_float, to_
 from hellodd.config import Config
 from hellodd.data import class_indices, load_data, load_image_set
 from hellodd.errors import UserError
+from hellodd.hf import is_released_set, read_released
 from hellodd.io import (
     digest,
     load_tensors,
@@ -362,9 +364,11 @@ def init_inputs(cfg: Config, observer_path: str | None) -> dict:
 
 
 def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
-    """``distill.init=folder``: someone else's distilled images (an ImageFolder), IPC per class exactly."""
+    """``distill.init=folder``: someone else's distilled images (an ImageFolder or a Hugging Face dataset), IPC
+    per class exactly."""
     d = cfg.distill
-    images, labels = load_image_set(d.images, bundle)
+    read = read_released if is_released_set(d.images) else load_image_set
+    images, labels = read(d.images, bundle)
     counts = torch.bincount(labels, minlength=bundle.num_classes)
     if (counts != d.ipc).any():
         hint = (

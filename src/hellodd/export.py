@@ -12,6 +12,11 @@
                                   names (recomputable; carried so loading needs no text tower or MiniLM)
     <name>/png/<class>/*.png      optional (``--png``): the images as an ImageFolder tree
 
+``--format hf`` writes the same set as a Hugging Face dataset that ``datasets.load_dataset(folder)`` opens
+and ``hf upload`` publishes: the images as ``data/train-*.parquet`` shards (:mod:`hellodd.hf`) in place of
+``images.safetensors``, and ``README.md`` a dataset card whose YAML header carries what the Hub reads; the
+adapters, base head and manifest sit beside them, hash-checked the same way.
+
 ``--tar`` also writes ``<name>.tar`` beside the folder.  :func:`hellodd.load` opens either, checks every
 part against the manifest and rebuilds the labeller.  The folder is assembled under a temporary name and
 renamed into place, so an interrupted export never leaves a half-written set behind.
@@ -20,16 +25,20 @@ renamed into place, so an interrupted export never leaves a half-written set beh
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
 
 from hellodd.config import IGNORE_INDEX, Config
 from hellodd.errors import UserError
+from hellodd.hf import features, pyarrow, write_shards
 from hellodd.io import atomic_path, file_metadata, read_json, tensor_sha256, write_bytes, write_json
 from hellodd.layout import (
     ADAPTER_FILE,
+    CARD_FILE,
     CONTACT_SHEET,
     IMAGES_FILE,
     MANIFEST_FILE,
@@ -39,6 +48,7 @@ from hellodd.layout import (
     distilled_dir,
     evaluate_dir,
     export_dir,
+    hf_shards_glob,
 )
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
 from hellodd.projector.bases import CLIP_MEAN, CLIP_STD, head_file, weights_id
@@ -60,6 +70,8 @@ ROLES = {
     IMAGES_FILE: "the distilled images (uint8 [N, C, H, W]) and their labels (class indices or class maps)",
     ADAPTER_FILE: "LoRA adapters of the image-to-label projector: the light labels",
 }
+SHARD_ROLE = "the distilled images (PNG), labels and class names: a Hugging Face dataset's train split"
+FORMATS = ("folder", "hf")
 
 
 def head_file_of(adapter_meta: dict) -> str:
@@ -95,7 +107,16 @@ def measured_results(cfg: Config, images) -> dict | None:
     return out
 
 
-def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, parts: dict, results) -> dict:
+def build_manifest(
+    cfg: Config,
+    name: str,
+    set_meta: dict,
+    adapter_meta: dict,
+    parts: dict,
+    results,
+    images: dict | None = None,
+) -> dict:
+    """The manifest; ``images`` describes images held outside ``images.safetensors`` (an hf export's shards)."""
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
     clip = p["base"].startswith("clip:")
     total = sum(v["bytes"] for v in parts.values())
@@ -114,6 +135,7 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
         "format_version": EXPORT_VERSION,
         "hellodd_version": __version__,
         "name": name,
+        "preset": cfg.preset,
         "task": task,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": set_meta["classes"],
@@ -167,8 +189,9 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
             "schedule": ev.schedule,
         },
         "parts": parts,
+        **({"images": images} if images else {}),
         "bytes": {
-            "images": parts[IMAGES_FILE]["bytes"],
+            "images": sum(parts[f]["bytes"] for f in (images["files"] if images else [IMAGES_FILE])),
             "labels": parts[ADAPTER_FILE]["bytes"],
             "total": total,
         },
@@ -176,8 +199,107 @@ def build_manifest(cfg: Config, name: str, set_meta: dict, adapter_meta: dict, p
     }
 
 
+SIZE_CATEGORIES = ((10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"))
+
+
+def size_category(n: int) -> str:
+    """The Hub's size bucket of ``n`` examples."""
+    return next((label for bound, label in SIZE_CATEGORIES if n < bound), "n>1M")
+
+
+def _scalar(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)
+    if isinstance(v, dict | list):
+        return "{}" if isinstance(v, dict) else "[]"
+    return json.dumps(v, ensure_ascii=False)  # a double-quoted YAML string: JSON's escapes are YAML's
+
+
+def to_yaml(value, indent: int = 0) -> list[str]:
+    """Block-style YAML of dicts, lists and scalars (no YAML library needed to write a card's header)."""
+    pad, out = "  " * indent, []
+    items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+    for k, v in items:
+        if k is None:
+            head = f"{pad}- "
+        else:
+            key = str(k) if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k)) else json.dumps(str(k))
+            head = f"{pad}{key}:"
+        if isinstance(v, dict | list) and v:
+            inner = to_yaml(v, indent + 1)
+            out += [head + inner[0].lstrip(), *inner[1:]] if k is None else [head, *inner]
+        else:
+            out.append(f"{head}{'' if k is None else ' '}{_scalar(v)}")
+    return out
+
+
+def card_header(m: dict) -> dict:
+    """What the Hub reads from a dataset card: license, task, tags, size, and where the data files are."""
+    dtypes = {"image": "image", "class_name": "string"}
+    return {
+        "license": m["license"],
+        "pretty_name": m["name"],
+        "task_categories": ["image-classification"],
+        "tags": ["dataset-distillation", "light-labels", "lora", "hellodd"],
+        "size_categories": [size_category(m["count"])],
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": "train", "path": hf_shards_glob("train")}]}
+        ],
+        "dataset_info": {
+            "features": [
+                {"name": "label", "dtype": {"class_label": {"names": dict(enumerate(m["classes"]))}}}
+                if name == "label"
+                else {"name": name, "dtype": dtypes[name]}
+                for name in features(m["classes"])
+            ],
+            "splits": [
+                {"name": "train", "num_bytes": m["images"]["table_bytes"], "num_examples": m["count"]}
+            ],
+            "download_size": m["bytes"]["images"],
+            "dataset_size": m["images"]["table_bytes"],
+        },
+    }
+
+
+def hf_sections(m: dict) -> list[str]:
+    """An hf export card's own sections: how the set was made, its use with datasets, the labeller, upload."""
+    b = m["base"]
+    return [
+        "",
+        "## How it was made",
+        "",
+        f"hellodd's pipeline on the `{m['preset']}` preset (`hellodd run --preset {m['preset']}`, or its "
+        "stages): a teacher trajectory, LoRA adapters on the frozen base trained to imitate its early "
+        f"checkpoints, then the images ({m['variant']}, from {m['source']}); exported with "
+        "`hellodd export --format hf`. The labels are not stored outputs: they are the adapters "
+        f"({m['bytes']['labels']:,} bytes) on a {b['name']} base anyone can rebuild.",
+        "",
+        "## Use with datasets",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("{m["name"]}")["train"]  # this folder, or its Hub id; image, label, class_name',
+        "```",
+        "",
+        "## Rebuild the labeller",
+        "",
+        "```bash",
+        f"pip install 'hellodd[hf]' && hellodd verify {m['name']}",
+        "```",
+        "",
+        "`hellodd verify` checks every file against `manifest.json` and rebuilds the labeller (base + "
+        "adapters); in Python, `hellodd.load(path).labeller()` is that frozen module.",
+        "",
+        "## Upload",
+        "",
+        "```bash",
+        f"hf upload YOU/{m['name']} {m['name']} . --repo-type dataset  # huggingface_hub's CLI",
+        "```",
+    ]
+
+
 def card(m: dict) -> str:
-    """The README.md beside the manifest."""
+    """The README.md beside the manifest (an hf export's: a Hugging Face dataset card)."""
     b, tr, v = m["base"], m["training"], m["views"]
     dense = m.get("task") == "segmentation"
     per = "a class map each" if dense else f"{m['ipc']} per class"
@@ -242,17 +364,36 @@ def card(m: dict) -> str:
                 nb = f"{r['label_bytes']:,}" if r["label_bytes"] is not None else "-"
                 mean, std = r[f"{key}_mean"], r[f"{key}_std"]
                 lines.append(f"| {source} | {student} | {mean:.2f} ± {std:.2f} ({r['seeds']}) | {nb} |")
+    if m.get("images"):
+        lines = ["---", *to_yaml(card_header(m)), "---", "", *lines, *hf_sections(m)]
     return "\n".join(lines) + "\n"
 
 
-def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool = False) -> dict:
-    """Write the export folder (and ``.tar``) of the configured distilled set; returns its manifest."""
+def run_export(
+    cfg: Config,
+    to: str | None = None,
+    tar: bool = False,
+    png: bool = False,
+    fmt: str = "folder",
+    license: str = "unknown",
+) -> dict:
+    """Write the export folder (``fmt`` ``hf``: a Hugging Face dataset) of the configured distilled set, and
+    its ``.tar``; returns its manifest."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: must be {' or '.join(FORMATS)}")
+    hf = fmt == "hf"
+    if hf:
+        pyarrow("--format hf")  # the extra, before anything is read or written
+        if png:
+            raise UserError("--png: an hf export already holds every image as a PNG (in its parquet shards)")
     d = distilled_dir(cfg)
     if not d.is_dir():
         raise UserError(
             f"{d}: no distilled set to export; run 'hellodd distill' first (same --out and settings)"
         )
     images, labels, set_meta = read_set(d)
+    if hf and labels.ndim != 1:
+        raise UserError("--format hf: a class per image only (a segmentation set exports as a folder)")
     adapters = projector_for(cfg, images)
     if not adapters.is_file():
         raise UserError(f"{adapters}: no adapters label this set; run 'hellodd projector' first")
@@ -261,9 +402,22 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "base").mkdir(parents=True)
-    shutil.copyfile(d / IMAGES_FILE, tmp / IMAGES_FILE)
+    roles = {ADAPTER_FILE: ROLES[ADAPTER_FILE]}
+    held = None  # where the images are when not in images.safetensors
+    if hf:
+        shards, table_bytes = write_shards(images, labels, set_meta["classes"], tmp)
+        roles.update(dict.fromkeys(shards, SHARD_ROLE))
+        held = {
+            "layout": "parquet",
+            "files": shards,
+            "sha256": tensor_sha256(images),
+            "labels_sha256": tensor_sha256(labels),
+            "table_bytes": table_bytes,
+        }
+    else:
+        shutil.copyfile(d / IMAGES_FILE, tmp / IMAGES_FILE)
+        roles[IMAGES_FILE] = ROLES[IMAGES_FILE]
     shutil.copyfile(adapters, tmp / ADAPTER_FILE)
-    roles = dict(ROLES)
     head = head_file_of(adapter_meta)
     if head and (cache_dir(cfg) / head).is_file():
         shutil.copyfile(cache_dir(cfg) / head, tmp / "base" / head)
@@ -283,9 +437,12 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
             {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))}
         )
     parts = {rel: {**file_record(tmp / rel), "role": role} for rel, role in roles.items()}
-    manifest = build_manifest(cfg, dest.name, set_meta, adapter_meta, parts, measured_results(cfg, images))
-    write_bytes(tmp / "README.md", card(manifest).encode())
-    manifest["parts"]["README.md"] = {**file_record(tmp / "README.md"), "role": "this set's card"}
+    results = measured_results(cfg, images)
+    manifest = build_manifest(cfg, dest.name, set_meta, adapter_meta, parts, results, held)
+    manifest["license"] = license
+    write_bytes(tmp / CARD_FILE, card(manifest).encode())
+    role = "this set's card (a Hugging Face dataset card)" if hf else "this set's card"
+    manifest["parts"][CARD_FILE] = {**file_record(tmp / CARD_FILE), "role": role}
     manifest = sealed(manifest)
     write_json(tmp / MANIFEST_FILE, manifest)
     if dest.exists():
@@ -298,7 +455,8 @@ def run_export(cfg: Config, to: str | None = None, tar: bool = False, png: bool 
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
     line = (
-        f"export {dest}: {manifest['count']} images ({manifest['bytes']['images']:,} B) + adapters "
+        f"export {dest}{' (a Hugging Face dataset)' if hf else ''}: {manifest['count']} images "
+        f"({manifest['bytes']['images']:,} B) + adapters "
         f"({manifest['bytes']['labels']:,} B), {len(parts)} parts, {manifest['bytes']['total']:,} B in all"
     )
     if tar:

@@ -17,7 +17,8 @@
         <source>-labels/seed<s>/rank<r>/      stored labels, one file per epoch
         results.md, results.json              the table
     <out>/cache/                              head initialisations derived from the base (rebuilt if absent)
-    <out>/export/<preset>-ipc<N>-<variant>/   what ``hellodd export`` packs
+    <out>/export/<preset>-ipc<N>-<variant>/   what ``hellodd export`` packs (``--format hf``: its images as
+                                              data/train-*.parquet shards, README.md the dataset card)
     <out>/report.md, report.json, frontier*.png
 
 Every stage folder also holds ``config.json``, ``metrics.json`` and ``storage.json``, and, while a loop
@@ -45,6 +46,8 @@ RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 RANDOM_BASE_FOLDER = "random-base"
 INIT_FILE, INIT_CLASSES_FOLDER = "init.safetensors", "init-classes"  # the selection, while it is made
+CARD_FILE = "README.md"  # an export's card (a Hugging Face dataset card with --format hf)
+HF_DATA_FOLDER = "data"  # an hf export's parquet shards
 
 
 def class_folder(index: int, name: str) -> str:
@@ -156,3 +159,13 @@ def frontier_plot(ipc: int | None) -> str:
 
 def export_dir(cfg: Config) -> Path:
     return Path(cfg.out) / "export" / f"{cfg.preset}-{set_name(cfg)}"
+
+
+def hf_shard(split: str, index: int, count: int) -> str:
+    """An hf export's shard, relative to the export (the Hub's ``data/<split>-00000-of-00001.parquet``)."""
+    return f"{HF_DATA_FOLDER}/{split}-{index:05d}-of-{count:05d}.parquet"
+
+
+def hf_shards_glob(split: str) -> str:
+    """The pattern of a split's shards, as a dataset card's ``configs`` names them."""
+    return f"{HF_DATA_FOLDER}/{split}-*.parquet"

@@ -12,6 +12,9 @@ ignored); its labeller and loader give logit maps [B, K, H, W] and each view's c
     for x, y, target in ds.loader(100, epochs=300, seed=0, device="cuda"):
         loss = ds.loss(student(x), target, y)             # the loss the labels are meant for
 
+An export written with ``--format hf`` (a Hugging Face dataset) opens the same way: its images are read
+from its parquet shards (``pip install 'hellodd[hf]'``) and checked against the digest of the exported ones.
+
 Every part is checked against the manifest's sha256 before anything is used: a changed or truncated file is
 refused with one line naming it.  A base that needs a checkpoint (a pretrained CLIP) takes it from
 ``base_checkpoint``, and it must hash to the recorded sha256.
@@ -27,6 +30,8 @@ from types import SimpleNamespace
 import torch
 
 from hellodd.errors import UserError
+from hellodd.hf import read_shards
+from hellodd.io import tensor_sha256
 from hellodd.labels import Stream, render
 from hellodd.layout import ADAPTER_FILE, IMAGES_FILE, MANIFEST_FILE
 from hellodd.projector.adapters import load_projector, merged_for_inference
@@ -51,7 +56,7 @@ class LightSet:
 
     def __init__(self, root: Path, manifest: dict, base_checkpoint: str | Path | None = None):
         self.root, self.manifest, self.base_checkpoint = root, manifest, base_checkpoint
-        self.images, self.labels, _ = read_images(root / IMAGES_FILE)
+        self.images, self.labels = export_images(root, manifest)
         self.classes: list[str] = list(manifest["classes"])
         self.task: str = manifest.get("task", "classification")
         if self.task not in TASKS:
@@ -118,6 +123,24 @@ class LightSet:
         return TASKS[self.task].student_loss(ev, logits, target, "logits", y)
 
 
+def export_images(root: Path, manifest: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of an export: ``images.safetensors``, or an hf export's parquet shards (decoded,
+    then checked against the recorded digests of the exported tensors)."""
+    held = manifest.get("images")
+    if not held:
+        return read_images(root / IMAGES_FILE)[:2]
+    if held.get("layout") != "parquet":
+        raise UserError(
+            f"{root / MANIFEST_FILE}: images held as {held.get('layout')!r}; this hellodd reads parquet"
+        )
+    images, labels = read_shards([root / f for f in held["files"]])
+    if tensor_sha256(images) != held["sha256"] or tensor_sha256(labels) != held["labels_sha256"]:
+        raise UserError(f"{root}: the images decoded from its parquet shards differ from the exported ones")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(manifest["classes"]):
+        raise UserError(f"{root}: labels outside the {len(manifest['classes'])} classes of its manifest")
+    return images, labels
+
+
 def _unpack(path: Path) -> Path:
     """A ``.tar`` export, extracted into a fresh temporary folder (its one top-level folder is returned)."""
     dest = Path(tempfile.mkdtemp(prefix="hellodd-load-"))
@@ -140,7 +163,8 @@ def load(path, base_checkpoint: str | Path | None = None) -> LightSet:
     manifest = read_export_manifest(path)
     for rel, record in manifest.get("parts", {}).items():
         verify_file(path / rel, record)
-    for needed in (IMAGES_FILE, ADAPTER_FILE):
+    held = manifest.get("images") or {}
+    for needed in (*held.get("files", [IMAGES_FILE]), ADAPTER_FILE):
         if needed not in manifest.get("parts", {}):
             raise UserError(f"{path / MANIFEST_FILE}: lists no {needed}")
     return LightSet(path, manifest, base_checkpoint)

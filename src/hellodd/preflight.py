@@ -4,7 +4,7 @@ A run that would fail in its third stage fails in its first seconds, with the on
 have printed, before anything is written (the run folder's lock included).  Each stage declares its
 needs in :data:`NEEDS`; a command checks the needs of every stage it will run, for every config (one per
 IPC with ``hellodd run --ipc``).  Checks read no weights and no images: class folders' file names, a
-labels file, the teacher pool's index.
+labels file, the teacher pool's index, a released set's parquet footers and label column.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hellodd.config import Config, split_source
+from hellodd.data import class_names
 from hellodd.errors import UserError
+from hellodd.hf import is_released_set, released_labels
 from hellodd.io import read_json
 from hellodd.layout import pool_index_path
-from hellodd.projector.bases import check_base
+from hellodd.projector.bases import EFFICIENTNET_BASES, check_base, check_minilm
 from hellodd.tasks import task_of
 
 # the stages each command runs, in order
@@ -55,6 +57,8 @@ def _teachers(cfg: Config, stages: tuple[str, ...]) -> None:
 
 def _projector(cfg: Config, stages: tuple[str, ...]) -> None:
     check_base(cfg.projector)
+    if cfg.projector.base in EFFICIENTNET_BASES and cfg.projector.head_init == "names":
+        check_minilm()  # the head is matched to the class names here (later stages read it from the cache)
     window = cfg.projector.teacher_epochs
     pool = _pool_epochs(cfg, stages)
     if window and pool is not None:
@@ -71,7 +75,11 @@ def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
     d = cfg.distill
     if d.update or d.adapt_steps > 0:
         check_base(cfg.projector)  # the update and the view adaptation load the projector
-    task_of(cfg.data).check_set(cfg)
+    task = task_of(cfg.data)
+    task.check_set(cfg)
+    if task.name == "classification" and d.init == "folder" and is_released_set(d.images):
+        # a released Hugging Face set: its files, columns and classes (labels read, no image decoded)
+        released_labels(d.images, class_names(cfg.data), cfg.data.name)
 
 
 def _evaluate(cfg: Config, stages: tuple[str, ...]) -> None:

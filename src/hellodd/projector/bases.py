@@ -31,6 +31,7 @@ from hellodd.projector.clip import (
 from hellodd.projector.efficientnet import (
     EFFICIENTNET_BASES,
     build_efficientnet,
+    check_minilm,
     efficientnet_head_file,
     efficientnet_weights_id,
     minilm_similarity,
@@ -44,6 +45,7 @@ __all__ = [
     "Projector",
     "build_base",
     "check_base",
+    "check_minilm",
     "head_file",
     "minilm_similarity",
     "prompt_templates",

