@@ -132,3 +132,18 @@ def test_the_wheel_installs_alone_in_a_fresh_venv(tmp_path):
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
     check = subprocess.run([py, "-m", "pip", "check"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
+    # the installed command runs every stage, exports a Hugging Face dataset, and the set loads back
+    hellodd, out = str(venv / "bin" / "hellodd"), tmp_path / "run"
+    for args in (["run"], ["export", "--format", "hf"]):
+        done = subprocess.run(
+            [hellodd, *args, "--preset", "synthetic", "--out", str(out)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    exported = next((out / "export").iterdir())
+    code = (
+        "import sys, datasets, hellodd; s = hellodd.load(sys.argv[1]);"
+        "d = datasets.load_dataset(sys.argv[1], split='train');"
+        "assert len(s) == len(d) > 0 and 'site-packages' in hellodd.__file__; print('loaded')"
+    )
+    done = subprocess.run([py, "-c", code, str(exported)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
