@@ -141,6 +141,20 @@ def test_adapters_saved_in_half_precision_load_back_to_float32(tmp_path, dtype, 
         assert torch.allclose(q(x), p.eval()(x), atol=tol * p(x).abs().max().item())
 
 
+def test_the_weak_teacher_window_follows_the_datas_class_count(folder_root):
+    from hellodd.config import Config, DataConfig, DistillConfig
+    from hellodd.data import load_data
+    from hellodd.projector.transfer import weak_teachers
+
+    # an ImageFolder of 3 classes: the rule's window sits early in the trajectory (1000 classes: half-way)
+    data = DataConfig(name="imagefolder", root=str(folder_root), image_size=16)
+    cfg = Config(data=data, distill=DistillConfig(ipc=1), projector=ProjectorConfig(num_teachers=3))
+    pool = {"checkpoints": [{"epoch": e} for e in range(10, 0, -1)]}  # epoch 10 is the final model
+    assert [t["epoch"] for t in weak_teachers(pool, cfg)] == [1, 2, 3]  # counted from the class folders
+    for n, window in ((load_data(data).num_classes, [1, 2, 3]), (1000, [4, 5, 6])):  # as the stages pass it
+        assert [t["epoch"] for t in weak_teachers(pool, cfg, n)] == window
+
+
 def test_users_checkpoint_file_is_loaded(tmp_path):
     import open_clip
 
