@@ -22,6 +22,7 @@ table: setup
 
 test: glyphs
 	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff format --check src tests benchmarks
 	lint-imports
 	$(PYTHON) -m pytest
 

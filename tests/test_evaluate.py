@@ -6,12 +6,35 @@ from pathlib import Path
 import pytest
 
 from hellodd.cli import main
+from hellodd.errors import UserError
 from hellodd.students import lr_factor
+from hellodd.tables import aggregate, results_table
 
 
 def test_schedules():
     assert lr_factor("half-cosine", 0, 10) == 1.0 and lr_factor("half-cosine", 10, 10) == pytest.approx(0.5)
     assert lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+
+
+def _row(seed: int, **scores) -> dict:
+    base = {"source": "hellolora", "student": "convnet", "seed": seed, "seconds_per_iteration": 0.1}
+    return {**base, "peak_memory_mib": 10.0, **scores}
+
+
+def test_a_row_without_its_metric_is_refused_never_read_as_zero():
+    storage = {"hellolora": {"bytes": 100}}
+    whole = [_row(0, metric="top1", top1=50.0, top5=90.0), _row(1, metric="top1", top1=60.0, top5=80.0)]
+    (a,) = aggregate(whole, storage)
+    assert (a["mean"], a["top5"], a["n"]) == (55.0, 85.0, 2)
+    dense = [_row(0, metric="miou", miou=40.0, pixel_accuracy=70.0)]
+    assert "| 40.00 ± 0.00 (n=1) | 70.00 |" in results_table(dense, storage)
+    for rows, missing in (
+        ([whole[0], _row(1, metric="top1", top1=60.0)], "'top5'"),  # its second score
+        ([_row(0, metric="miou", miou=40.0)], "'pixel_accuracy'"),
+        ([_row(0, metric="miou", pixel_accuracy=70.0)], "'miou'"),  # its headline score
+    ):
+        with pytest.raises(UserError, match=f"source 'hellolora', student 'convnet', seed .* no {missing}"):
+            results_table(rows, storage)
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,20 @@ def test_adapters_saved_in_half_precision_load_back_to_float32(tmp_path, dtype, 
         assert torch.allclose(q(x), p.eval()(x), atol=tol * p(x).abs().max().item())
 
 
+def test_the_weak_teacher_window_follows_the_datas_class_count(folder_root):
+    from hellodd.config import Config, DataConfig, DistillConfig
+    from hellodd.data import load_data
+    from hellodd.projector.transfer import weak_teachers
+
+    # an ImageFolder of 3 classes: the rule's window sits early in the trajectory (1000 classes: half-way)
+    data = DataConfig(name="imagefolder", root=str(folder_root), image_size=16)
+    cfg = Config(data=data, distill=DistillConfig(ipc=1), projector=ProjectorConfig(num_teachers=3))
+    pool = {"checkpoints": [{"epoch": e} for e in range(10, 0, -1)]}  # epoch 10 is the final model
+    assert [t["epoch"] for t in weak_teachers(pool, cfg)] == [1, 2, 3]  # counted from the class folders
+    for n, window in ((load_data(data).num_classes, [1, 2, 3]), (1000, [4, 5, 6])):  # as the stages pass it
+        assert [t["epoch"] for t in weak_teachers(pool, cfg, n)] == window
+
+
 def test_users_checkpoint_file_is_loaded(tmp_path):
     import open_clip
 
@@ -157,8 +171,34 @@ def test_users_checkpoint_file_is_loaded(tmp_path):
     with pytest.raises(UserError, match="file not found"):
         build_base(tiny(random_init=False, checkpoint=str(tmp_path / "none.pt")), CLASSES)
     torch.save({"something": torch.zeros(3)}, tmp_path / "wrong.pt")
-    with pytest.raises(UserError, match="does not fit clip:hellodd-RN-tiny"):
+    with pytest.raises(UserError, match="wrong.pt: not a clip:hellodd-RN-tiny checkpoint"):
         build_base(tiny(random_init=False, checkpoint=str(tmp_path / "wrong.pt")), CLASSES)
+
+
+def test_a_clip_checkpoint_is_read_by_one_loader_whose_error_is_shown(tmp_path):
+    import open_clip
+
+    _register_model_configs()
+    torch.manual_seed(7)
+    model = open_clip.create_model("hellodd-RN-tiny", pretrained=None).eval()
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    whole = (tmp_path / "tiny.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    for name, reason in (("junk.pt", "not a file of tensors: "), ("cut.pt", "PytorchStreamReader failed")):
+        with pytest.raises(
+            UserError, match=rf"{name}: not a clip:hellodd-RN-tiny checkpoint \({reason}"
+        ) as e:
+            build_base(tiny(random_init=False, checkpoint=str(tmp_path / name)), CLASSES)
+        assert "\n" not in str(e.value) and "weights_only" not in str(
+            e.value
+        )  # torch's advice to unpickle code
+    # an OpenAI-style release file: the whole model as a TorchScript archive (its text mask a constant)
+    model.attn_mask = model._buffers.pop("attn_mask")
+    x, text = torch.randn(1, 3, 32, 32), torch.zeros(1, 77, dtype=torch.long)
+    torch.jit.trace(model, (x, text), check_trace=False, strict=False).save(str(tmp_path / "openai.pt"))
+    p = build_base(tiny(random_init=False, checkpoint=str(tmp_path / "openai.pt")), CLASSES)
+    assert torch.equal(p.encoder.conv1.weight, model.visual.conv1.weight)
 
 
 def test_damaged_or_foreign_adapter_files(tmp_path):

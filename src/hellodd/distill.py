@@ -383,14 +383,11 @@ def outside_images(cfg: Config, bundle) -> tuple[torch.Tensor, torch.Tensor]:
 
 def adapt_projector(cfg: Config, fabric, images, labels, bundle, out: Path) -> dict:
     """Stage 3's adapters, trained further on this set's student views (``distill.adapt_steps``)."""
-    pool = load_pool(cfg)
-    pool["classes"] = bundle.classes
+    teachers = weak_teachers(load_pool(cfg), cfg, len(bundle.classes))
     bar = engine.progress(
         fabric, total=cfg.distill.adapt_steps, desc="projector view adaptation", unit="step"
     )
-    result = adapt_to_views(
-        cfg, fabric, projector_path(cfg), weak_teachers(pool, cfg), images, labels, bundle.val, out, bar
-    )
+    result = adapt_to_views(cfg, fabric, projector_path(cfg), teachers, images, labels, bundle.val, out, bar)
     bar.close()
     return result
 

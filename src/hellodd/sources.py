@@ -161,9 +161,7 @@ def _teacher(ctx: SourceContext, name: str) -> LabelSource:
 
 @register("weak-teachers", online=True)
 def _weak_teachers(ctx: SourceContext, name: str) -> LabelSource:
-    pool = load_pool(ctx.cfg)
-    pool["classes"] = list(range(ctx.num_classes))
-    chosen = weak_teachers(pool, ctx.cfg)
+    chosen = weak_teachers(load_pool(ctx.cfg), ctx.cfg, ctx.num_classes)
     model = engine.frozen(ctx.fabric, MeanLogits([load_network(t["path"])[0] for t in chosen]))
     identity = {"weak_teachers_sha256": [sha256(t["path"]) for t in chosen]}
     cost = storage.label_storage("weak-teachers", teacher_files=[t["path"] for t in chosen])

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import statistics
 
+from hellodd.errors import UserError
+
+# each task's headline metric and the one shown beside it (a row holds both: Task.row_scores)
+SECOND = {"top1": "top5", "miou": "pixel_accuracy"}
+
+
+def _score(r: dict, key: str) -> float:
+    """The row's ``key`` score; a row without it is refused, never read as 0."""
+    if key not in r:
+        raise UserError(
+            f"result row of source {r.get('source')!r}, student {r.get('student')!r}, seed {r.get('seed')!r} "
+            f"has no {key!r} score; evaluate that source again (hellodd evaluate)"
+        )
+    return r[key]
+
 
 def aggregate(rows: list[dict], storage: dict) -> list[dict]:
     """One entry per (source, student), in the rows' order: final-epoch top-1 mean, std and n over seeds,
@@ -13,7 +28,7 @@ def aggregate(rows: list[dict], storage: dict) -> list[dict]:
         groups.setdefault((r["source"], r["student"]), []).append(r)
     out = []
     for (source, student), rs in groups.items():
-        top1 = [r[r.get("metric", "top1")] for r in rs]  # the task's headline metric (top-1, mIoU)
+        top1 = [_score(r, r.get("metric", "top1")) for r in rs]  # the task's headline metric (top-1, mIoU)
         out.append(
             {
                 "source": source,
@@ -21,7 +36,7 @@ def aggregate(rows: list[dict], storage: dict) -> list[dict]:
                 "mean": statistics.mean(top1),
                 "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                 "n": len(top1),
-                "top5": statistics.mean(r.get("top5", r.get("pixel_accuracy", 0.0)) for r in rs),
+                "top5": statistics.mean(_score(r, SECOND.get(r.get("metric", "top1"), "top5")) for r in rs),
                 "s_per_iter": statistics.median(r["seconds_per_iteration"] for r in rs),
                 "peak_mib": max(r["peak_memory_mib"] for r in rs),
                 "bytes": storage[source]["bytes"],

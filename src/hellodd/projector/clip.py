@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import types
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -167,16 +168,46 @@ def _load_clip(arch: str, pcfg: ProjectorConfig):
     finally:
         root.removeFilter(quiet)
     if ckpt and not pcfg.random_init:
+        # one reader per kind of file, chosen before reading, and no second try: its error is the one shown,
+        # and the weights must fit clip:{arch} itself (never a model of whatever architecture the file holds)
         try:
-            open_clip.load_checkpoint(model, ckpt, strict=True)
-        except Exception as first:
-            try:  # an OpenAI release file (TorchScript archive or its state dict)
-                model = open_clip.load_openai_model(ckpt, device="cpu", jit=False).float()
-            except Exception:
-                raise UserError(
-                    f"--clip-checkpoint {ckpt}: does not fit clip:{arch} ({str(first).splitlines()[0][:200]})"
-                ) from None
+            if _is_torchscript(ckpt):  # an OpenAI release file: its weights, read by TorchScript's loader
+                _load_torchscript_weights(model, ckpt)
+            else:  # an open_clip checkpoint or an OpenAI state dict (tensors only: weights_only)
+                open_clip.load_checkpoint(model, ckpt, strict=True)
+        except Exception as e:
+            raise UserError(
+                f"--clip-checkpoint {ckpt}: not a clip:{arch} checkpoint ({_load_reason(e)})"
+            ) from None
     return model.float().eval()
+
+
+def _is_torchscript(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip whose one folder holds ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def _load_torchscript_weights(model, path: str) -> None:
+    """The weights of an OpenAI TorchScript release file into ``model``, all of them and only them."""
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    state = torch.jit.load(path, map_location="cpu").state_dict()
+    for key in ("input_resolution", "context_length", "vocab_size"):  # the archive's settings, not weights
+        state.pop(key, None)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    model.load_state_dict(state, strict=True)
+
+
+def _load_reason(e: Exception) -> str:
+    """A loader's error in one line; torch's weights-only refusal gives its reason after a long preamble."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = "not a file of tensors: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)[:200]
 
 
 def clip_head_file(arch: str, weights_id: str, classes: list[str]) -> str:

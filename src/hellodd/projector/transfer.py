@@ -31,7 +31,7 @@ from torch import nn
 from hellodd import engine
 from hellodd.augment import apply_cutmix, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
-from hellodd.data import per_class_subset, subset
+from hellodd.data import class_names, per_class_subset, subset
 from hellodd.errors import UserError
 from hellodd.io import sha256
 from hellodd.labels import MeanLogits
@@ -75,13 +75,14 @@ def teacher_logits(teachers: list[nn.Module] | nn.Module, x: torch.Tensor) -> to
 # the stage
 
 
-def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
+def weak_teachers(pool: dict, cfg: Config, num_classes: int | None = None) -> list[dict]:
     """The weak teachers: the pool epochs ``projector.teacher_epochs`` names (the presets set them per IPC,
     :data:`hellodd.config.IPC_SETTINGS`).  Without either, the paper's rule made concrete: a window of
     ``num_teachers`` consecutive pool checkpoints whose position moves from the start of the trajectory
     (simple data, small IPC) to its end (complex data, large IPC).  Position f = 0.5 * log10(C)/3 + 0.5 *
-    log10(IPC)/2, clipped to [0, 1] (C = 1000 classes or IPC = 100 push it to the end).  The final model is
-    never a weak teacher under the rule."""
+    log10(IPC)/2, clipped to [0, 1] (C = 1000 classes or IPC = 100 push it to the end).  C: ``num_classes``,
+    the loaded data's class count, or without it the data's own (:func:`data_class_count`), never a count
+    guessed from the dataset's kind.  The final model is never a weak teacher under the rule."""
     ckpts = sorted(pool["checkpoints"], key=lambda p: p["epoch"])
     p = cfg.projector
     wanted = list(cfg.projector.teacher_epochs)
@@ -96,16 +97,19 @@ def weak_teachers(pool: dict, cfg: Config) -> list[dict]:
         return chosen
     candidates = ckpts[:-1] if len(ckpts) > 1 else ckpts
     k = min(p.num_teachers, len(candidates))
-    c = len(pool.get("classes", [])) or cfg_num_classes(cfg)
+    c = data_class_count(cfg) if num_classes is None else num_classes
     f = 0.5 * math.log10(max(c, 1)) / 3 + 0.5 * math.log10(max(cfg.distill.ipc, 1)) / 2
     start = round(min(max(f, 0.0), 1.0) * (len(candidates) - k))
     return candidates[start : start + k]
 
 
-def cfg_num_classes(cfg: Config) -> int:
-    return {"fashion-mnist": 10, "imagefolder": 1000, "synthetic": cfg.data.synthetic_classes}.get(
-        cfg.data.name, 10
-    )
+def data_class_count(cfg: Config) -> int:
+    """The configured data's class count: its class names read without an image (classification: the class
+    folders, the labels' names), else from its loader."""
+    task = task_of(cfg.data)
+    if task.name == "classification":
+        return len(class_names(cfg.data))
+    return len(task.load(cfg.data, cfg.engine.seed).classes)
 
 
 @torch.inference_mode()
@@ -292,8 +296,7 @@ def run_projector(cfg: Config, fabric) -> dict:
     task = task_of(cfg.data)
     pool = load_pool(cfg)
     bundle = task.load(cfg.data, cfg.engine.seed)
-    pool["classes"] = bundle.classes
-    teachers = weak_teachers(pool, cfg)
+    teachers = weak_teachers(pool, cfg, len(bundle.classes))
     out = projector_path(cfg).parent
     result = train_projector(cfg, fabric, cfg.projector, out, bundle, teachers)
     kind = "pretrained" if result["base"]["pretrained"] else "random"
