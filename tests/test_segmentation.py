@@ -498,6 +498,9 @@ def test_a_dense_clip_base_labels_each_location_as_maskclip_does():
     assert not any("q_proj" in t or "k_proj" in t for t in targets)  # the unused attention gets no adapters
 
 
+# the transfer loop and its resume point are the ones classification uses (tests/test_reliability.py, in the default
+# run); this dense variant is the suite's slowest test, so it runs with -m slow
+@pytest.mark.slow
 @pytest.mark.xdist_group("segmentation-teachers")
 def test_a_killed_dense_projector_transfer_resumes_to_the_same_adapters(scenes_run, tmp_path):
     import shutil
