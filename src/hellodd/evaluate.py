@@ -67,8 +67,8 @@ def seeds_of(ev, name: str) -> list[int]:
 
 
 def profile(rows: list[dict], building: float) -> dict:
-    """Where the evaluation's seconds went: building the label sources (loading and compiling nothing yet;
-    writing stored labels), then each part of the student runs (:class:`hellodd.students.PartClock`), summed
+    """Where the evaluation's seconds went: building the label sources (loading labellers, writing stored
+    labels; labellers compile at their first use, inside the runs), then each part of the student runs (:class:`hellodd.students.PartClock`), summed
     over this process's runs and per source.  Runs finished earlier carry no parts and count nowhere."""
     total, by_source = {"label_sources_built": building}, {}
     for r in rows:
