@@ -4,7 +4,7 @@ PYTHON ?= python3
 export MALLOC_MMAP_THRESHOLD_ = 4000000000
 export MALLOC_TRIM_THRESHOLD_ = 4000000000
 
-.PHONY: setup glyphs run table test lint
+.PHONY: setup glyphs run table test lint readme
 
 setup:
 	PYTHON=$(PYTHON) bash scripts/setup.sh
@@ -29,3 +29,7 @@ test: glyphs
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
 	$(PYTHON) -m ruff format --check src tests benchmarks
+
+# the README's result tables, rendered from the reports checked into docs/reports
+readme:
+	$(PYTHON) scripts/readme_tables.py

@@ -38,7 +38,9 @@ if args.classes:
     lines += ["", "| classes | characters (code points of the first and last) |", "|---|---|"]
     for i in range(0, len(chars), 50):
         part = chars[i : i + 50]
-        lines.append(f"| {i}-{i + len(part) - 1} | {''.join(map(chr, part))} (U+{part[0]:04X} .. U+{part[-1]:04X}) |")
+        lines.append(
+            f"| {i}-{i + len(part) - 1} | {''.join(map(chr, part))} (U+{part[0]:04X} .. U+{part[-1]:04X}) |"
+        )
     with open(args.classes, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{args.classes}: {len(chars)} classes, {len(TRAIN_FACES) + len(VAL_FACES)} faces")

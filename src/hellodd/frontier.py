@@ -120,7 +120,7 @@ def table(entries: list[dict], whole: dict) -> str:
             e["set"],
             e["source"],
             e["student"],
-            f"{e['mean']:.2f} ± {e['std']:.2f} ({e['n']})",
+            f"{e['mean']:.2f} ({e['n']})" if e["n"] == 1 else f"{e['mean']:.2f} ± {e['std']:.2f} ({e['n']})",
             vs,
             f"{e['bytes']:,}",
             f"{e['s_per_iter']:.3f}",
@@ -201,6 +201,11 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
     write_bytes(path, buf.getvalue())
 
 
+def _pm(e: dict) -> str:
+    """An entry's mean ± std; a single seed has no std, so its mean stands alone."""
+    return f"{e['mean']:.2f} ± {e['std']:.2f}" if e["n"] > 1 else f"{e['mean']:.2f} (one seed)"
+
+
 def _mean(entries: list[dict], source: str) -> dict | None:
     found = [e for e in entries if e["source"] == source and not e["random"]]
     return found[0] if found else None
@@ -224,8 +229,7 @@ def verdict(entries: list[dict]) -> list[str]:
             else "BELOW the teacher's by more than a point"
         )
         lines.append(
-            f"- Projector labels {proj['mean']:.2f} ± {proj['std']:.2f} against the online teacher's "
-            f"{teacher['mean']:.2f} ± {teacher['std']:.2f} ({gap:+.2f}): {where}."
+            f"- Projector labels {_pm(proj)} against the online teacher's {_pm(teacher)} ({gap:+.2f}): {where}."
         )
     compressed = sorted(
         {e["source"] for e in mine if is_compressor_source(e["source"])},
@@ -243,14 +247,16 @@ def verdict(entries: list[dict]) -> list[str]:
             beaten += proj["mean"] > other["mean"]
         lines.append(
             f"- `{name}` labels cost {other['bytes']:,} B, {cheaper} than the projector's "
-            f"{proj['bytes']:,} B, and reach {other['mean']:.2f} ± {other['std']:.2f}: the projector's labels "
+            f"{proj['bytes']:,} B, and reach {_pm(other)}: the projector's labels "
             f"{beats} them."
         )
     stored = _mean(mine, "stored")
     if heavier:
         weight = ""
         if stored and stored["bytes"] > proj["bytes"]:
-            weight = f"; its adapters weigh 1/{stored['bytes'] / proj['bytes']:,.0f} of the stored labels"
+            ratio = stored["bytes"] / proj["bytes"]
+            weight = f"; its adapters weigh 1/{ratio:,.0f} of the stored labels" if ratio >= 10 else ""
+            weight = weight or f"; its adapters weigh 1/{ratio:.1f} of the stored labels"
         elif stored:
             weight = f"; its adapters weigh {proj['bytes'] / max(stored['bytes'], 1):,.2f}x the stored labels"
         lines.append(
@@ -296,6 +302,28 @@ def ipc_table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(entries: list[dict], whole: dict, plots: dict[int, str] | None = None) -> str:
+    """The report's markdown below its title: per IPC the table, the verdict, the LRS table and (``plots``:
+    IPC -> image path) the frontier plot; several IPCs open with the label sources by IPC."""
+    found = sorted({e["ipc"] for e in entries})
+    sections = []
+    for ipc in found:
+        mine = [e for e in entries if e["ipc"] == ipc]
+        said = verdict(mine)
+        ranked = lrs_table(lrs_rows(mine, whole), whole)
+        sections.append(
+            (f"## IPC {ipc}\n\n" if len(found) > 1 else "")
+            + table(mine, whole)
+            + ("\n\n" + "\n".join(said) if said else "")
+            + ("\n\n" + ranked if ranked else "")
+            + (f"\n\n![frontier]({plots[ipc]})\n" if plots else "\n")
+        )
+    md = "\n".join(sections)
+    if len(found) > 1:
+        md = "## Label sources by IPC\n\n" + ipc_table(entries) + "\n\n" + md
+    return md
+
+
 def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> dict:
     """Write ``report.md``, ``report.json`` and the frontier plot(s) into ``to``; return what was written.
     ``ipcs``: only the sets of these IPCs (default: every set of the runs)."""
@@ -309,29 +337,15 @@ def write_report(runs: list[Path], to: Path, ipcs: list[int] | None = None) -> d
             raise UserError(f"{runs[0]}: no evaluated set at IPC {', '.join(map(str, ipcs))}")
     found = sorted({e["ipc"] for e in entries})
     to.mkdir(parents=True, exist_ok=True)
-    sections, plots = [], []
-    for ipc in found:
-        mine = [e for e in entries if e["ipc"] == ipc]
-        name = frontier_plot(None if len(found) == 1 else ipc)
-        plot(mine, whole, to / name)
-        plots.append(to / name)
-        said = verdict(mine)
-        ranked = lrs_table(lrs_rows(mine, whole), whole)
-        sections.append(
-            (f"## IPC {ipc}\n\n" if len(found) > 1 else "")
-            + table(mine, whole)
-            + ("\n\n" + "\n".join(said) if said else "")
-            + ("\n\n" + ranked if ranked else "")
-            + f"\n\n![frontier]({name})\n"
-        )
-    md = "\n".join(sections)
-    if len(found) > 1:
-        md = "## Label sources by IPC\n\n" + ipc_table(entries) + "\n\n" + md
+    plots = {ipc: frontier_plot(None if len(found) == 1 else ipc) for ipc in found}
+    for ipc, name in plots.items():
+        plot([e for e in entries if e["ipc"] == ipc], whole, to / name)
+    md = markdown(entries, whole, plots)
     write_bytes(to / REPORT_MD, ("# hellodd report\n\n" + md).encode())
     report = {"entries": entries, "whole_data": whole, "lrs": lrs_rows(entries, whole)}
     write_bytes(to / REPORT_JSON, json.dumps(report, indent=2).encode())
     return {
         "table": md,
         "entries": entries,
-        "summary": f"report: {(to / REPORT_MD).resolve()} and {', '.join(str(p.resolve()) for p in plots)}",
+        "summary": f"report: {(to / REPORT_MD).resolve()} and {', '.join(str((to / p).resolve()) for p in plots.values())}",
     }
