@@ -222,7 +222,7 @@ def test_the_report_counts_the_compressors_the_projector_beats_at_equal_or_large
     of the sources that weigh at least the adapters the projector beats (hand-made numbers)."""
     from hellodd.frontier import verdict
 
-    base = {"student": "convnet", "random": False, "std": 0.1}
+    base = {"student": "convnet", "random": False, "std": 0.1, "n": 2}
     rows = [
         ("projector", 30.0, 1000),
         ("teacher", 40.0, 5000),
