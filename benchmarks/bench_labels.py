@@ -31,7 +31,7 @@ def measure(
 ) -> dict:
     from hellodd import config as C
     from hellodd import engine
-    from hellodd.labels import student_stream
+    from hellodd.augment import student_stream
     from hellodd.layout import distilled_dir
     from hellodd.models import build_model
     from hellodd.records import peak_memory_mib

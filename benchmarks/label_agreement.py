@@ -20,7 +20,7 @@ import torch
 
 def logits_on_views(out: str, adapters: str | None, batches: int, preset: str) -> dict[str, dict]:
     from hellodd import config as C
-    from hellodd.labels import Stream, render
+    from hellodd.augment import Stream, render
     from hellodd.layout import distilled_dir
     from hellodd.models import load_classifier
     from hellodd.projector import load_projector, merged_for_inference

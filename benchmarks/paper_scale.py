@@ -86,7 +86,7 @@ def _setting(device: str, precision: str, wanted: list[str]):
 
 
 def measure(device: str, precision: str, batch: int, iters: int, warmup: int, sources: list[str]) -> dict:
-    from hellodd.labels import Stream
+    from hellodd.augment import Stream
     from hellodd.records import peak_memory_mib
     from hellodd.students import student_optimizer, student_step
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from hellodd import compressors
+from hellodd.augment import Stream, render
 from hellodd.config import is_label_source
 from hellodd.io import file_metadata
-from hellodd.labels import LabelStore, Stream, render, stored_path, write_label_stores
+from hellodd.labels import LabelStore, stored_path, write_label_stores
 
 N, C, S = 12, 300, 8  # 300 classes: class indices need two bytes, as at ImageNet's 1,000
 

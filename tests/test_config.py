@@ -64,7 +64,7 @@ SUPPLEMENT = [
 def _opt(which: str, cfg) -> str:
     import torch
 
-    from hellodd.distill import update_optimizer
+    from hellodd.image_update import update_optimizer
     from hellodd.projector.transfer import adapter_optimizer
     from hellodd.students import student_optimizer
     from hellodd.teachers import teacher_optimizer

@@ -8,8 +8,8 @@ import torch
 
 from conftest import PYTHON, cli_env
 from hellodd.cli import main
-from hellodd.distill import rded_class, stitch, unstitch
 from hellodd.errors import UserError
+from hellodd.selection import rded_class, stitch, unstitch
 from hellodd.sets import read_set
 
 
@@ -78,7 +78,7 @@ def test_outputs_shapes_range_and_manifest(run):
 )
 def test_update_budget_is_counted_in_epochs(epochs, images, batch, iters):
     from hellodd.config import apply_overrides, preset
-    from hellodd.distill import update_iterations
+    from hellodd.image_update import update_iterations
 
     cfg = apply_overrides(
         preset("imagenet-1k"), [f"distill.update_epochs={epochs}", f"distill.update_batch_size={batch}"]

@@ -62,7 +62,7 @@ def test_manifest_describes_every_part_and_the_results(exported):
 
 def test_load_reproduces_the_runs_labeller_and_stream(exported):
     import hellodd
-    from hellodd.labels import Stream, render
+    from hellodd.augment import Stream, render
     from hellodd.projector import load_projector, merged_for_inference
 
     out, dest = exported

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hellodd.augment import apply_cutmix, mix_targets, sample_cutmix
+from hellodd.augment import Stream, apply_cutmix, mix_targets, render, sample_cutmix
 from hellodd.errors import UserError
 from hellodd.io import digest, file_metadata
 from hellodd.labels import (
@@ -12,11 +12,9 @@ from hellodd.labels import (
     MeanLogits,
     ModelLabels,
     StoredLabels,
-    Stream,
     compress,
     decompress,
     kept_epochs,
-    render,
     stored_path,
     write_label_stores,
     write_stored_labels,

@@ -45,3 +45,15 @@ def test_the_readme_names_every_preset():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in PRESETS if f"`{name}`" not in readme]
     assert not missing, f"presets the README does not name: {missing}"
+
+
+def test_the_readme_layout_names_every_module():
+    """Each module of src/hellodd has its own line in the README's Layout section, and no line names a module
+    that is gone."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    named = set(re.findall(r"^ +(\S+\.py) ", layout, re.MULTILINE))
+    package = ROOT / "src" / "hellodd"
+    modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
+    assert modules - named == set(), "modules the README's Layout does not name"
+    assert named - modules == set(), "the README's Layout names modules that do not exist"

@@ -8,6 +8,11 @@ student later sees).
 
 A random-resized crop with flip is an affine map per image: ``theta = [[sx*w, 0, cx], [0, h, cy]]``
 in ``affine_grid``'s normalised coordinates, with ``sx = -1`` for a flipped image.
+
+The students' stream (:class:`Stream`) decides, for every (epoch, step, rank), which distilled images form
+the batch, their random-resized crops and flips, and the batch's CutMix (one lambda, one box, one
+permutation); :func:`render` turns them into the batch.  It is a pure function of its seed
+(:func:`hellodd.engine.step_generator`), so every label source (:mod:`hellodd.labels`) sees the same pixels.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from hellodd.engine import step_generator
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -186,3 +193,56 @@ def mixed_one_hot(y: torch.Tensor, num_classes: int, p: CutMixParams | None) -> 
     """One-hot rows of ``y``, CutMix-mixed like the images when ``p`` is given."""
     t = torch.nn.functional.one_hot(y, num_classes).float()
     return mix_targets(t, p) if p is not None else t
+
+
+# --------------------------------------------------------------------------------------------------
+# the students' stream: which images, crops and CutMix make each batch
+
+
+class Stream:
+    """Seeded batches of the distilled set: indices, crops/flips and CutMix per (epoch, step, rank)."""
+
+    def __init__(
+        self,
+        n: int,
+        size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        min_scale: float = 0.5,
+        cutmix_alpha: float = 1.0,
+    ):
+        self.n, self.size, self.seed, self.rank, self.world = n, size, seed, rank, world
+        self.batch = max(1, min(batch_size, n) // world)
+        self.min_scale, self.alpha = min_scale, cutmix_alpha
+        self.steps_per_epoch = max(1, n // (self.batch * world))
+
+    def batch_params(self, epoch: int, step: int) -> tuple[torch.Tensor, CropParams, CutMixParams | None]:
+        order = torch.randperm(self.n, generator=step_generator(self.seed, epoch))
+        start = (step * self.world + self.rank) * self.batch
+        idx = order[start : start + self.batch]
+        g = step_generator(self.seed, epoch, step, self.rank, 7)
+        crops = sample_crops(len(idx), g, scale=(self.min_scale, 1.0))
+        mix = sample_cutmix(len(idx), self.size, self.alpha, g) if self.alpha > 0 else None
+        return idx, crops, mix
+
+
+def student_stream(ev, images: torch.Tensor, seed: int, rank: int = 0, world: int = 1) -> Stream:
+    """The evaluation's stream over ``images`` (``EvaluateConfig``: batch size, crop scale, CutMix alpha)."""
+    return Stream(
+        len(images), images.shape[-1], ev.batch_size, seed, rank, world, ev.crop_min_scale, ev.cutmix_alpha
+    )
+
+
+def render(
+    images: torch.Tensor, idx: torch.Tensor, crops: CropParams, mix: CutMixParams | None, device
+) -> torch.Tensor:
+    """The batch the student sees: crop+flip each image, then CutMix (box in pixels of the output size)."""
+    x = to_float(images[idx].to(device))
+    x = apply_crops(
+        x, CropParams(*(t.to(device) for t in (crops.cx, crops.cy, crops.w, crops.h, crops.flip)))
+    )
+    if mix is not None:
+        x = apply_cutmix(x, mix)
+    return x

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from hellodd.classnames import readable_names
@@ -373,46 +372,3 @@ def class_names(cfg: DataConfig) -> list[str]:
         return [class_name(c) for c in choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)]
     train = _imagefolder_root(cfg) / "train"
     return readable_names(sorted(d.name for d in os.scandir(train) if d.is_dir()))
-
-
-def load_image_set(root, bundle: DataBundle) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distilled images made elsewhere (SRe2L, RDED, G-VBSM releases, a random subset), as an ImageFolder tree.
-
-    Class folders are matched to the data's classes by :func:`class_matcher`; every class must be present.
-    Images are resized and centre-cropped to the data's resolution and converted to its channels.  Returns
-    uint8 images ``[N, C, S, S]`` and labels.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"--set distill.images={root}: folder not found")
-    folders = sorted(d for d in root.iterdir() if d.is_dir())
-    match = class_matcher(bundle.classes)
-    labels_of = {}
-    for d in folders:
-        c = match(d.name)
-        if c is None:
-            raise UserError(f"{d}: no class of the {bundle.source} data is called {d.name!r}")
-        if c in labels_of.values():
-            raise UserError(f"{d}: a second folder for class {bundle.classes[c]!r}")
-        labels_of[d] = c
-    missing = sorted(set(range(bundle.num_classes)) - set(labels_of.values()))
-    if missing:
-        raise UserError(
-            f"{root}: no folder for class {bundle.classes[missing[0]]!r} ({len(missing)} missing)"
-        )
-    size = bundle.image_size
-    tf = square_uint8(size)
-    images, labels = [], []
-    for d, c in labels_of.items():
-        files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
-        if not files:
-            raise UserError(f"{d}: empty class folder")
-        for f in files:
-            try:
-                with Image.open(f) as img:
-                    img = img.convert("L" if bundle.channels == 1 else "RGB")
-                    images.append(tf(img))
-            except (UnidentifiedImageError, OSError) as e:
-                raise UserError(f"{f}: not a readable image ({str(e).splitlines()[0][:120]})") from None
-            labels.append(c)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)

@@ -7,7 +7,6 @@
   projector, observer) only through :func:`frozen`, never DDP-wrapped.
 * :class:`ShardSampler` gives every rank a disjoint, seeded share of each epoch and can start
   mid-epoch, so a resumed run sees exactly the batches an uninterrupted one would.
-* :func:`evaluate` counts correct predictions on an unpadded shard per rank and sums across ranks.
 * :func:`progress` is a tqdm bar on rank 0 only; in a log file, plain lines (:class:`LogProgress`).
 """
 
@@ -24,7 +23,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from hellodd.augment import to_float
 from hellodd.config import EngineConfig
 from hellodd.errors import UserError
 
@@ -290,35 +288,6 @@ def all_reduce_grads(fabric, params: list[torch.Tensor]) -> None:
 def steps_per_epoch(n: int, batch_size: int, world: int, drop_last: bool = False) -> int:
     per_rank = math.ceil(n / world)
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-
-
-@torch.inference_mode()
-def evaluate(
-    fabric, model: nn.Module, ds: Dataset, batch_size: int = 500, workers: int = 0, desc: str = "eval"
-) -> dict:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``ds``, over all ranks."""
-    was_training = model.training
-    model.eval()
-    dl = loader(fabric, ds, batch_size, shuffle=False, pad=False, workers=workers)
-    stats = torch.zeros(4, dtype=torch.float64, device=fabric.device)  # correct1, correct5, loss, count
-    for x, y in progress(fabric, dl, desc=desc, leave=False):
-        with fabric.autocast():
-            logits = model(to_float(x)).float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, 1).indices
-        stats[0] += (top[:, 0] == y).sum()
-        stats[1] += (top == y[:, None]).any(1).sum()
-        stats[2] += nn.functional.cross_entropy(logits, y, reduction="sum")
-        stats[3] += len(y)
-    stats = fabric.all_reduce(stats, reduce_op="sum")
-    model.train(was_training)
-    n = max(float(stats[3]), 1.0)
-    return {
-        "top1": 100 * float(stats[0]) / n,
-        "top5": 100 * float(stats[1]) / n,
-        "loss": float(stats[2]) / n,
-        "n": int(n),
-    }
 
 
 class LogProgress:

@@ -2,7 +2,7 @@
 
 Per iteration (supplement Table 3; RDED's evaluation where the paper is silent, docs/method.md):
 
-* a batch of ``batch_size`` distilled images from the seeded :class:`~hellodd.labels.Stream`: random-resized
+* a batch of ``batch_size`` distilled images from the seeded :class:`~hellodd.augment.Stream`: random-resized
   crop (area ``crop_min_scale``..1, RDED uses 1/factor) with horizontal flip, then CutMix (alpha 1, one
   box / lambda / permutation per batch);
 * targets from the label source on exactly those pixels;
@@ -36,11 +36,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from hellodd import engine
+from hellodd.augment import student_stream
 from hellodd.config import Config
 from hellodd.config.schema import is_compressor_source
 from hellodd.errors import UserError
 from hellodd.io import digest, read_json, tensor_sha256, write_bytes, write_json
-from hellodd.labels import student_stream
 from hellodd.layout import (
     RESULTS_JSON,
     RESULTS_MD,

@@ -1,6 +1,6 @@
 """Label sources for student training, behind one interface, over one augmentation stream.
 
-The stream (:class:`Stream`) decides, for every (epoch, step, rank), which distilled images form the batch,
+The stream (:class:`hellodd.augment.Stream`) decides, for every (epoch, step, rank), which distilled images form the batch,
 their random-resized crops and flips, and the batch's CutMix (one lambda, one box, one permutation).  It
 is a pure function of its seed, so every label source sees exactly the same pixels.
 
@@ -39,65 +39,12 @@ from hellodd import engine
 from hellodd.augment import (
     CropParams,
     CutMixParams,
-    apply_crops,
-    apply_cutmix,
+    Stream,
     mixed_one_hot,
-    sample_crops,
-    sample_cutmix,
-    to_float,
+    render,
 )
-from hellodd.engine import step_generator
 from hellodd.errors import UserError
 from hellodd.io import digest, file_metadata, load_tensors, save_tensors, write_json
-
-
-class Stream:
-    """Seeded batches of the distilled set: indices, crops/flips and CutMix per (epoch, step, rank)."""
-
-    def __init__(
-        self,
-        n: int,
-        size: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        min_scale: float = 0.5,
-        cutmix_alpha: float = 1.0,
-    ):
-        self.n, self.size, self.seed, self.rank, self.world = n, size, seed, rank, world
-        self.batch = max(1, min(batch_size, n) // world)
-        self.min_scale, self.alpha = min_scale, cutmix_alpha
-        self.steps_per_epoch = max(1, n // (self.batch * world))
-
-    def batch_params(self, epoch: int, step: int) -> tuple[torch.Tensor, CropParams, CutMixParams | None]:
-        order = torch.randperm(self.n, generator=step_generator(self.seed, epoch))
-        start = (step * self.world + self.rank) * self.batch
-        idx = order[start : start + self.batch]
-        g = step_generator(self.seed, epoch, step, self.rank, 7)
-        crops = sample_crops(len(idx), g, scale=(self.min_scale, 1.0))
-        mix = sample_cutmix(len(idx), self.size, self.alpha, g) if self.alpha > 0 else None
-        return idx, crops, mix
-
-
-def student_stream(ev, images: torch.Tensor, seed: int, rank: int = 0, world: int = 1) -> Stream:
-    """The evaluation's stream over ``images`` (``EvaluateConfig``: batch size, crop scale, CutMix alpha)."""
-    return Stream(
-        len(images), images.shape[-1], ev.batch_size, seed, rank, world, ev.crop_min_scale, ev.cutmix_alpha
-    )
-
-
-def render(
-    images: torch.Tensor, idx: torch.Tensor, crops: CropParams, mix: CutMixParams | None, device
-) -> torch.Tensor:
-    """The batch the student sees: crop+flip each image, then CutMix (box in pixels of the output size)."""
-    x = to_float(images[idx].to(device))
-    x = apply_crops(
-        x, CropParams(*(t.to(device) for t in (crops.cx, crops.cy, crops.w, crops.h, crops.flip)))
-    )
-    if mix is not None:
-        x = apply_cutmix(x, mix)
-    return x
 
 
 class LabelSource(Protocol):

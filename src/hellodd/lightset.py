@@ -29,10 +29,10 @@ from types import SimpleNamespace
 
 import torch
 
+from hellodd.augment import Stream, render
 from hellodd.errors import UserError
 from hellodd.hf import read_shards
 from hellodd.io import tensor_sha256
-from hellodd.labels import Stream, render
 from hellodd.layout import ADAPTER_FILE, IMAGES_FILE, MANIFEST_FILE
 from hellodd.projector.adapters import load_projector, merged_for_inference
 from hellodd.sets import read_export_manifest, read_images, verify_file

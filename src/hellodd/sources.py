@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hellodd import compressors, engine, storage
+from hellodd.augment import Stream
 from hellodd.config import Config, split_source
 from hellodd.io import sha256, tensor_sha256
 from hellodd.labels import (
@@ -28,7 +29,6 @@ from hellodd.labels import (
     ModelLabels,
     Refined,
     StoredLabels,
-    Stream,
     kept_epochs,
     write_label_stores,
 )

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from hellodd import engine
+from hellodd.augment import render
 from hellodd.config import Config
-from hellodd.labels import render
 from hellodd.records import peak_memory_mib
 from hellodd.resume import ResumePoint
 from hellodd.tasks import task_of

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hellodd import engine
 from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
 from hellodd.config import SEGMENTATION_DATA, DataConfig, is_segmenter
 from hellodd.data import DataBundle, load_data, per_class_subset, subset, train_class_counts
 from hellodd.errors import UserError
 from hellodd.losses import student_loss
+from hellodd.metrics import evaluate_classification
 from hellodd.models import build_model, load_classifier
 from hellodd.segmentation.data import IGNORE, MaskedImages, check_segmentation_data, load_segmentation
 from hellodd.segmentation.metrics import evaluate_segmentation
@@ -80,7 +80,7 @@ class Classification:
     mix_targets = staticmethod(mixed_one_hot)  # (y, num_classes, mix): a CutMix-ed batch's targets
 
     def evaluate(self, fabric, model, ds, classes: list[str], batch_size: int, desc: str = "val") -> dict:
-        return engine.evaluate(fabric, model, ds, batch_size, desc=desc)
+        return evaluate_classification(fabric, model, ds, batch_size, desc=desc)
 
     def probe(self, val, seed: int):
         """A few validation images to compare a projector with its teachers on: at most 200 per class."""

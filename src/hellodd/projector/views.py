@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import mixed_one_hot
+from hellodd.augment import mixed_one_hot, render, student_stream
 from hellodd.config import Config
 from hellodd.data import per_class_subset, subset
 from hellodd.io import load_tensors, sha256, tensor_sha256
-from hellodd.labels import MeanLogits, render, student_stream
+from hellodd.labels import MeanLogits
 from hellodd.layout import ADAPT_STATE_FILE, ADAPTER_FILE, cache_dir
+from hellodd.metrics import evaluate_classification
 from hellodd.models import load_classifier
 from hellodd.projector.adapters import adapter_tensors, load_projector, save_adapters
 from hellodd.projector.model import stored_parameters
@@ -52,7 +53,7 @@ def adapt_to_views(
     """Continue the knowledge transfer on the views students will ask about (hellodd's step, not the paper's).
 
     The transfer of :func:`train_projector` runs on real training images.  Students query the projector on
-    random-resized crops, flips and CutMix of the *distilled* images (:class:`~hellodd.labels.Stream`), where
+    random-resized crops, flips and CutMix of the *distilled* images (:class:`~hellodd.augment.Stream`), where
     the demo's projector copies its teachers far more loosely (docs/method.md).  This step trains the same
     adapters (same loss, teachers and optimiser settings) for ``distill.adapt_steps`` batches of such views
     (learning rates x ``distill.adapt_lr_scale``), drawn from a stream of the evaluation's augmentation
@@ -184,7 +185,7 @@ def adapt_to_views(
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
     probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
-    probe_val = engine.evaluate(fabric, proj, probe, 250, desc="val (probe)")
+    probe_val = evaluate_classification(fabric, proj, probe, 250, desc="val (probe)")
     path = out / ADAPTER_FILE
     extra = {
         "adapted_from": source,
