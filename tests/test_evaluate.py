@@ -280,3 +280,17 @@ def test_gift_loss_is_the_cosine_to_the_refined_target():
     want = 1 - F.cosine_similarity(out, refined, dim=-1).mean()
     assert torch.allclose(gift_loss(out, z, y), want)
     assert gift_loss(-refined, z, y) > 1.9  # the opposite direction: the largest loss
+
+
+def test_a_report_of_before_the_neutral_keys_renders_as_one_of_now():
+    from hellodd.frontier import markdown
+
+    entry = {"run": "r", "set": "subset6-rded", "random": False, "ipc": 1, "epochs": 3, "source": "hard"}
+    entry |= {"student": "convnet-fcn", "mean": 50.0, "std": 1.0, "n": 2, "bytes": 0, "s_per_iter": 0.1}
+    old = markdown(
+        [{**entry, "metric": "miou"}], {"r": {"arch": "convnet-fcn", "top1": 40.0, "metric": "miou"}}
+    )
+    new = markdown(
+        [{**entry, "score_name": "mIoU"}], {"r": {"arch": "convnet-fcn", "score": 40.0, "score_name": "mIoU"}}
+    )
+    assert old == new and "reaches 40.00% val mIoU." in new and "| mIoU (mean ± std, n) |" in new
