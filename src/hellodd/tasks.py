@@ -25,10 +25,9 @@ from torch import nn
 
 from hellodd import engine
 from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
-from hellodd.classnames import class_names
 from hellodd.config import Config, DataConfig
 from hellodd.config.tasks import ClassificationSpec, SegmentationSpec, is_segmenter, named, spec_of
-from hellodd.data import DataBundle, load_data, per_class_subset, subset, train_class_counts
+from hellodd.data import DataBundle, class_names, load_data, per_class_subset, subset, train_class_counts
 from hellodd.errors import UserError
 from hellodd.losses import student_loss
 from hellodd.models import build_model, load_classifier

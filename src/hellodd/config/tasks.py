@@ -7,7 +7,7 @@ the networks, the views, the loss and the metric to these same classes.
 ==================  ==========================================  ==========================================
 datasets            every other                                 :data:`SEGMENTATION_DATA` (class maps)
 score (second)      top-1 (top-5)                               mIoU (pixel accuracy)
-networks            :func:`~hellodd.config.is_architecture`     :func:`~hellodd.config.schema.is_segmenter`
+networks            :func:`~hellodd.config.is_architecture`     :func:`is_segmenter`
 label sources       every one                                   :data:`DENSE_SOURCES`
 a set is            ``distill.ipc`` images per class            ``distill.subset`` whole images
 view adaptation     yes                                         not yet
@@ -48,6 +48,7 @@ DENSE_SOURCES = ("hard", "teacher", "weak-teachers", "stored", "compressed", "pr
 
 class ClassificationSpec:
     name = "classification"
+    data: tuple[str, ...] | None = None  # the datasets that pose it; None: every dataset no other task claims
     # the headline score and the one shown beside it: their keys in the task's evaluate() and in teacher
     # files, and their names in tables
     metric, metric_name = "top1", "top-1"
@@ -112,6 +113,7 @@ class ClassificationSpec:
 
 class SegmentationSpec(ClassificationSpec):
     name = "segmentation"
+    data = SEGMENTATION_DATA
     metric, metric_name = "miou", "mIoU"
     second, second_name = "pixel_accuracy", "pixel accuracy"
     scores = ("miou", "pixel_accuracy", "loss")
@@ -169,9 +171,9 @@ FIRST = SPECS["classification"]  # what sets, rows and checkpoints written befor
 
 
 def spec_of(cfg: Config | DataConfig) -> ClassificationSpec:
-    """The task a config's dataset poses: segmentation for datasets of class maps, classification otherwise."""
-    data = getattr(cfg, "data", cfg)
-    return SPECS["segmentation" if data.name in SEGMENTATION_DATA else "classification"]
+    """The task a config's (or a data config's) dataset poses: the task that claims it, else classification."""
+    name = getattr(cfg, "data", cfg).name
+    return next((s for s in SPECS.values() if s.data and name in s.data), FIRST)
 
 
 def named(name: str | None) -> ClassificationSpec:
