@@ -77,7 +77,11 @@ def main() -> None:
     print(f"through hellodd.load: {statistics.mean(results):.2f} ± {sd:.2f} (n={len(results)})")
     row = ((ds.manifest.get("results") or {}).get("per_source", {}).get("projector") or {}).get(args.student)
     if row:
-        print(f"the run's projector row: {row['top1_mean']:.2f} ± {row['top1_std']:.2f} (n={row['seeds']})")
+        mean, std = (
+            row.get("mean", row.get("top1_mean")),
+            row.get("std", row.get("top1_std")),
+        )  # older exports
+        print(f"the run's projector row: {mean:.2f} ± {std:.2f} (n={row['seeds']})")
 
 
 if __name__ == "__main__":

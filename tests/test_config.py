@@ -261,3 +261,21 @@ def test_refined_label_sources(sources, ok):
     else:
         with pytest.raises(UserError, match="evaluate.label_sources"):
             C.apply_overrides(C.preset("synthetic"), [f"evaluate.label_sources={sources}"])
+
+
+def test_each_config_asks_its_task_and_old_records_name_theirs():
+    scenes, glyphs = C.preset("synthetic-scenes"), C.preset("synthetic")
+    assert C.spec_of(scenes).name == C.spec_of(scenes.data).name == "segmentation"
+    assert C.spec_of(glyphs) is C.named("classification") is C.named(None)  # a manifest without a task
+    assert C.preset("fashion-mnist-scenes").evaluate.label_sources == list(C.spec_of(scenes).label_sources)
+    with pytest.raises(UserError, match="unknown task 'depth' \\(one of classification, segmentation\\)"):
+        C.named("depth")
+    # result rows of this version, and of the one before the neutral keys (the metric's own key)
+    for record, task, score in (
+        ({"score": 1.0, "score_name": "mIoU"}, "segmentation", 1.0),
+        ({"metric": "miou", "miou": 2.0, "pixel_accuracy": 9.0}, "segmentation", 2.0),
+        ({"metric": "top1", "top1": 3.0, "top5": 9.0}, "classification", 3.0),
+        ({"epoch": 1, "miou": 4.0}, "segmentation", 4.0),  # a teacher pool entry keeps its metric's key
+        ({"task": "segmentation", "final_val_miou": 5.0}, "segmentation", None),
+    ):
+        assert (C.scored_by(record).name, C.scored_by(record).read(record)) == (task, score)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from hellodd import config as C
 from hellodd.cli import main
 from hellodd.errors import UserError
 from hellodd.students import lr_factor
@@ -21,17 +22,30 @@ def _row(seed: int, **scores) -> dict:
     return {**base, "peak_memory_mib": 10.0, **scores}
 
 
+def _scored(seed: int, task: str, **scores) -> dict:
+    """A row as the task's students write it: neutral score keys and their names."""
+    t = C.named(task)
+    names = {"score_name": t.metric_name, "second_name": t.second_name}
+    return _row(seed, **names, **scores)
+
+
 def test_a_row_without_its_metric_is_refused_never_read_as_zero():
     storage = {"hellolora": {"bytes": 100}}
-    whole = [_row(0, metric="top1", top1=50.0, top5=90.0), _row(1, metric="top1", top1=60.0, top5=80.0)]
+    whole = [
+        _scored(0, "classification", score=50.0, second=90.0),
+        _scored(1, "classification", score=60.0, second=80.0),
+    ]
     (a,) = aggregate(whole, storage)
-    assert (a["mean"], a["top5"], a["n"]) == (55.0, 85.0, 2)
-    dense = [_row(0, metric="miou", miou=40.0, pixel_accuracy=70.0)]
-    assert "| 40.00 ± 0.00 (n=1) | 70.00 |" in results_table(dense, storage)
+    assert (a["mean"], a["second"], a["n"]) == (55.0, 85.0, 2)
+    assert (a["score_name"], a["second_name"]) == ("top-1", "top-5")
+    dense = [_scored(0, "segmentation", score=40.0, second=70.0)]
+    table = results_table(dense, storage)
+    assert "| mIoU (mean ± std) | pixel accuracy |" in table and "| 40.00 ± 0.00 (n=1) | 70.00 |" in table
     for rows, missing in (
-        ([whole[0], _row(1, metric="top1", top1=60.0)], "'top5'"),  # its second score
-        ([_row(0, metric="miou", miou=40.0)], "'pixel_accuracy'"),
-        ([_row(0, metric="miou", pixel_accuracy=70.0)], "'miou'"),  # its headline score
+        ([whole[0], _scored(1, "classification", score=60.0)], "top-5"),  # its second score
+        ([_scored(0, "segmentation", score=40.0)], "pixel accuracy"),
+        ([_scored(0, "segmentation", second=70.0)], "mIoU"),  # its headline score
+        ([_row(0, metric="miou", miou=40.0)], "pixel accuracy"),  # a row of before the neutral keys
     ):
         with pytest.raises(UserError, match=f"source 'hellolora', student 'convnet', seed .* no {missing}"):
             results_table(rows, storage)
@@ -68,8 +82,8 @@ def test_run_executes_every_stage_and_records_each(ran):
     assert {r["source"] for r in rows} == six and len(rows) == 12
     val = json.loads((out / "teachers" / "metrics.json").read_text())["dataset"]["val"]
     for r in rows:  # a final-epoch accuracy over the whole validation split: a whole number of images
-        assert r["seconds_per_iteration"] > 0 and r["top1"] * val / 100 == pytest.approx(
-            round(r["top1"] * val / 100)
+        assert r["seconds_per_iteration"] > 0 and r["score"] * val / 100 == pytest.approx(
+            round(r["score"] * val / 100)
         )
 
 
@@ -212,7 +226,7 @@ def test_compiled_bf16_evaluation(ran, tmp_path):
     (row,) = json.loads((out / "evaluate" / SET / "results.json").read_text())
     val = json.loads((out / "teachers" / "metrics.json").read_text())["dataset"]["val"]
     assert row["source"] == "teacher" and row["iterations"] == 3 * 2 and math.isfinite(row["final_loss"])
-    assert row["top1"] * val / 100 == pytest.approx(round(row["top1"] * val / 100))
+    assert row["score"] * val / 100 == pytest.approx(round(row["score"] * val / 100))
 
 
 def test_run_over_several_ipcs_with_refined_sources(tmp_path, capsys):
@@ -266,3 +280,17 @@ def test_gift_loss_is_the_cosine_to_the_refined_target():
     want = 1 - F.cosine_similarity(out, refined, dim=-1).mean()
     assert torch.allclose(gift_loss(out, z, y), want)
     assert gift_loss(-refined, z, y) > 1.9  # the opposite direction: the largest loss
+
+
+def test_a_report_of_before_the_neutral_keys_renders_as_one_of_now():
+    from hellodd.frontier import markdown
+
+    entry = {"run": "r", "set": "subset6-rded", "random": False, "ipc": 1, "epochs": 3, "source": "hard"}
+    entry |= {"student": "convnet-fcn", "mean": 50.0, "std": 1.0, "n": 2, "bytes": 0, "s_per_iter": 0.1}
+    old = markdown(
+        [{**entry, "metric": "miou"}], {"r": {"arch": "convnet-fcn", "top1": 40.0, "metric": "miou"}}
+    )
+    new = markdown(
+        [{**entry, "score_name": "mIoU"}], {"r": {"arch": "convnet-fcn", "score": 40.0, "score_name": "mIoU"}}
+    )
+    assert old == new and "reaches 40.00% val mIoU." in new and "| mIoU (mean ± std, n) |" in new

@@ -139,7 +139,7 @@ def test_a_released_parquet_set_gets_light_labels_end_to_end(synthetic_run, tmp_
         and (out / "distill" / "ipc2-folder" / "adapters.safetensors").is_file()
     )
     rows = json.loads((out / "evaluate" / "ipc2-folder" / "results.json").read_text())
-    assert [r["source"] for r in rows] == ["projector"] and 0 <= rows[0]["top1"] <= 100
+    assert [r["source"] for r in rows] == ["projector"] and 0 <= rows[0]["score"] <= 100
 
 
 def test_a_save_to_disk_set_is_read_with_its_class_names(tmp_path):

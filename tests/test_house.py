@@ -1,12 +1,18 @@
-"""The house's seams: the run layout, the one resumable loop, the label-source registry, typed choices."""
+"""The house's seams: the run layout, the one resumable loop, the label-source registry, typed choices, and
+the task seam (only the task modules name a task)."""
 
 from __future__ import annotations
 
+import io
+import re
+import tokenize
 import typing
+from pathlib import Path
 
 import pytest
 import torch
 
+import hellodd
 from hellodd import config as C
 from hellodd import engine, layout
 from hellodd.errors import UserError
@@ -87,3 +93,73 @@ def test_a_stop_request_saves_then_ends_the_loop(tmp_path):
     unsaved = ResumePoint(None, "key", "test loop", 10)  # a loop without a state file only stops
     unsaved.save(3, {"step": 3})
     assert unsaved.load() is None
+
+
+# The task seam: outside these, a module asks the task (hellodd.config.tasks, hellodd.tasks) and never names
+# one or its metrics.  metrics.py computes the classification metric; presets are data.
+TASK_MODULES = (
+    "tasks.py",
+    "config/tasks.py",
+    "config/presets.py",
+    "segmentation/",
+    "metrics.py",
+)
+TASK_WORDS = re.compile(
+    r"(?<![A-Za-z0-9_])(?:segmentation|classification|segmenters?|is_segmenter|TORCHVISION_SEGMENTERS"
+    r"|SEGMENTATION_DATA|miou|top-?[15](?![ _-]agreement)|pixel[_ ]accuracy)(?![A-Za-z0-9_])",
+    re.IGNORECASE,
+)
+
+
+def _docstring(tokens: list, i: int) -> bool:
+    """Whether string token ``i`` stands alone as a statement (a docstring, or prose in its place)."""
+    before = next((t for t in reversed(tokens[:i]) if t.type not in (tokenize.NL, tokenize.COMMENT)), None)
+    after = next((t for t in tokens[i + 1 :] if t.type not in (tokenize.NL, tokenize.COMMENT)), None)
+    starts = before is None or before.type in (
+        tokenize.NEWLINE,
+        tokenize.INDENT,
+        tokenize.DEDENT,
+        tokenize.ENCODING,
+    )
+    return starts and (after is None or after.type in (tokenize.NEWLINE, tokenize.ENDMARKER))
+
+
+def task_names(package: Path) -> list[str]:
+    """``file:line: text`` of every name or string (comments and docstrings aside) that names a task or one
+    of its metrics in ``package``, outside the task modules."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if any(rel == m or (m.endswith("/") and rel.startswith(m)) for m in TASK_MODULES):
+            continue
+        tokens = list(tokenize.tokenize(io.BytesIO(path.read_bytes()).readline))
+        for i, t in enumerate(tokens):
+            if t.type == tokenize.NAME or (t.type == tokenize.STRING and not _docstring(tokens, i)):
+                if TASK_WORDS.search(t.string):
+                    found.append(f"{rel}:{t.start[0]}: {t.line.strip()}")
+    return found
+
+
+def test_only_the_task_modules_name_a_task_or_its_metrics():
+    found = task_names(Path(hellodd.__file__).parent)
+    assert not found, "ask the task (hellodd.config.tasks, hellodd.tasks) instead:\n" + "\n".join(found)
+
+
+def test_the_task_name_check_flags_a_planted_line(tmp_path):
+    (tmp_path / "segmentation").mkdir()
+    (tmp_path / "segmentation" / "views.py").write_text('KEY = "miou"\n')  # a task module may
+    (tmp_path / "stage.py").write_text(
+        '"""A stage: segmentation and classification alike."""\n'
+        "# comments may name a task: segmentation\n"
+        "def run(cfg, r):\n"
+        '    """Its docstring may name top-1 too."""\n'
+        '    agree = r["top1_agreement"]  # a projector statistic, not a task metric\n'
+        "    if cfg.data.name in SEGMENTATION_DATA:\n"
+        '        return r["miou"]\n'
+        "    return f\"{r['top1']:.2f} top-1 agreement\"\n"
+    )
+    assert task_names(tmp_path) == [
+        "stage.py:6: if cfg.data.name in SEGMENTATION_DATA:",
+        'stage.py:7: return r["miou"]',
+        "stage.py:8: return f\"{r['top1']:.2f} top-1 agreement\"",
+    ]

@@ -29,9 +29,9 @@ def test_lrs_rows_need_a_random_twin_and_a_hard_row():
         {**base, "source": "projector", "mean": 70.0, "vs_random": 5.0},
         {**base, "source": "stored", "mean": 72.0},  # no random-subset twin: no row
     ]
-    rows = lrs_rows(entries, {"r": {"arch": "convnet", "top1": 90.0}})
+    rows = lrs_rows(entries, {"r": {"arch": "convnet", "score": 90.0}})
     assert [r["source"] for r in rows] == ["hard", "projector"]
     assert rows[1]["ior"] == pytest.approx(5.0) and rows[1]["hlr"] == pytest.approx(30.0)
-    text = lrs_table(rows, {"r": {"arch": "convnet", "top1": 90.0}})
+    text = lrs_table(rows, {"r": {"arch": "convnet", "score": 90.0}})
     assert "| projector | convnet | 30.00 | +5.00 |" in text
     assert lrs_rows(entries, {}) == []  # no whole-data reference: no score

@@ -102,7 +102,9 @@ def test_killed_evaluation_resumes_to_the_same_result(base, tmp_path, source, fi
         assert f"resuming at epoch {(at - 1) // 2}/6" in resumed.stdout, (KILL_SEED, at)
     assert main(_cmd("evaluate", outs[1], *more)[3:]) == 0
     rows = [json.loads((o / "evaluate" / "ipc2-rded-update" / "results.json").read_text()) for o in outs]
-    assert [(r["top1"], r["final_loss"]) for r in rows[0]] == [(r["top1"], r["final_loss"]) for r in rows[1]]
+    assert [(r["score"], r["final_loss"]) for r in rows[0]] == [
+        (r["score"], r["final_loss"]) for r in rows[1]
+    ]
     if source == "stored":
         files = [
             sorted((o / "evaluate" / "ipc2-rded-update" / "stored-labels").rglob("*.safetensors"))

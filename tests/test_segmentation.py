@@ -332,7 +332,9 @@ def test_a_segmentation_run_evaluates_the_observers_and_a_random_subset(scenes_r
         "compressed",
         "projector",
     }
-    assert all(r["metric"] == "miou" and 0 <= r["miou"] <= 100 and len(r["per_class_iou"]) == 5 for r in rows)
+    assert all(
+        r["score_name"] == "mIoU" and 0 <= r["score"] <= 100 and len(r["per_class_iou"]) == 5 for r in rows
+    )
     baseline = read_json(out / "evaluate" / "subset6-random" / "results.json")
     assert {r["source"] for r in baseline} == {r["source"] for r in rows}
     storage = read_json(folder / "metrics.json")["storage"]
@@ -361,7 +363,8 @@ def test_an_exported_segmentation_set_loads_and_trains_in_a_fresh_process(scenes
     assert main([*args, "--tar", "--png"]) == 0
     manifest = read_json(dest / "manifest.json")
     assert manifest["task"] == "segmentation" and manifest["base"]["dense"] and manifest["ipc"] is None
-    assert "miou_mean" in manifest["results"]["per_source"]["projector"]["convnet-fcn-w16"]
+    assert manifest["results"]["score_name"] == "mIoU"
+    assert "mean" in manifest["results"]["per_source"]["projector"]["convnet-fcn-w16"]
     assert (dest / "png" / "masks").is_dir() and "mIoU" in (dest / "README.md").read_text()
     code = f"""
 import hellodd, torch

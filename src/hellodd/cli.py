@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  hellodd run                                   the Fashion-MNIST demo, every stage (a 2-core CPU)\n"
-            "  hellodd run --preset fashion-mnist-scenes     the segmentation demo: dense light labels\n"
+            "  hellodd run --preset fashion-mnist-scenes     class maps: dense light labels\n"
             "  hellodd run --preset imagenet-1k --data DIR --clip-checkpoint RN50.pt --devices 8\n"
             "  hellodd evaluate --out runs/x --set 'evaluate.students=[resnet18]'\n"
             "  hellodd export --out runs/x --tar             one folder (or .tar) anyone opens with hellodd.load\n"
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "export", metavar="EXPORT", help="a folder or .tar written by 'hellodd export' (either format)"
     )
     vf.add_argument("--base-checkpoint", help="the base checkpoint file, for a pretrained CLIP base")
-    rp = sub.add_parser("report", help="table and plot of top-1 against label bytes for one or more runs")
+    rp = sub.add_parser("report", help="table and plot of the score against label bytes for one or more runs")
     rp.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders (each with evaluate/<set>/metrics.json)"
     )

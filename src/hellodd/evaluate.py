@@ -12,7 +12,7 @@ Per iteration (supplement Table 3; RDED's evaluation where the paper is silent, 
 * AdamW (lr, weight decay 0.01), per-epoch schedule ``half-cosine`` (RDED: lr * (1 + cos(pi t / 2T)) / 2,
   ends at half) or ``cosine`` (to 0).
 
-Reported per run: top-1 / top-5 on the real validation split after the **last** epoch (no selection on
+Reported per run: the task's score and the one beside it (top-1 / top-5) on the real validation split after the **last** epoch (no selection on
 the test set), seconds per iteration (median after 5 warm-up iterations, label generation included),
 peak memory (CUDA max allocated on a GPU; on a CPU the process's peak RSS so far, which is monotone across
 the runs of one process: ``benchmarks/bench_labels.py`` measures each source in a fresh process), and the
@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from hellodd import engine
 from hellodd.augment import student_stream
-from hellodd.config import Config
+from hellodd.config import Config, scored_by
 from hellodd.config.schema import is_compressor_source
 from hellodd.errors import UserError
 from hellodd.io import digest, read_json, tensor_sha256, write_bytes, write_json
@@ -104,9 +104,8 @@ def _student_run(fabric, runs: Path, key: str, src, arch: str, seed: int, train,
     kept = read_json(finished) if finished.is_file() else {}
 
     def line(row: dict) -> str:
-        metric = row.get("metric", "top1")
-        name = {"top1": "top-1", "miou": "mIoU"}.get(metric, metric)
-        return f"evaluate: {src.name:9s} -> {arch}, seed {seed}: {name} {row[metric]:.2f}%"
+        task = scored_by(row)  # a row kept from an earlier version names its score by its metric's key
+        return f"evaluate: {src.name:9s} -> {arch}, seed {seed}: {task.metric_name} {task.read(row):.2f}%"
 
     if kept.get("key") == key:
         fabric.print(f"{line(kept['row'])} (finished earlier){where}")
@@ -193,7 +192,7 @@ def run_evaluate(cfg: Config, fabric) -> dict:
     table = results_table(rows, cost)
     by_source = {}
     for r in rows:
-        by_source.setdefault(r["source"], []).append(r[task.metric])
+        by_source.setdefault(r["source"], []).append(scored_by(r).read(r))
     means = {k: statistics.mean(v) for k, v in by_source.items()}
     metrics = {
         "distilled_set": str(d),
@@ -205,8 +204,9 @@ def run_evaluate(cfg: Config, fabric) -> dict:
         "parallel": "runs" if spread else "data",  # runs: each run was a one-process run on one rank
         "rows": rows,
         "storage": cost,
-        "metric": task.metric,
-        "mean_top1": means,  # the task's headline metric per source (top-1, or mIoU for segmentation)
+        "task": task.name,
+        "score_name": task.metric_name,
+        "mean_score": means,  # the task's headline metric per source
         "table": table,
         "seconds": time.perf_counter() - t0,
         "profile": profile(rows, building),

@@ -32,7 +32,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from hellodd.config import IGNORE_INDEX, Config
+from hellodd.config import Config, named, scored_by
 from hellodd.errors import UserError
 from hellodd.hf import features, pyarrow, write_shards
 from hellodd.io import atomic_path, file_metadata, read_json, tensor_sha256, write_bytes, write_json
@@ -59,9 +59,7 @@ from hellodd.sets import (
     projector_for,
     read_set,
     sealed,
-    write_png_tree,
 )
-from hellodd.subset import mask_pictures
 from hellodd.tables import aggregate
 from hellodd.tasks import task_of
 from hellodd.version import __version__
@@ -95,12 +93,11 @@ def measured_results(cfg: Config, images) -> dict | None:
     m = read_json(path)
     if m.get("images_sha256") != tensor_sha256(images):
         return None  # evaluated before the set was distilled again: not this set's numbers
-    metric = m.get("metric", "top1")
-    out: dict = {"epochs": m.get("epochs"), "metric": metric, "per_source": {}}
+    out: dict = {"epochs": m.get("epochs"), "score_name": scored_by(m).metric_name, "per_source": {}}
     for e in aggregate(m["rows"], m["storage"]):
         out["per_source"].setdefault(e["source"], {})[e["student"]] = {
-            f"{metric}_mean": e["mean"],
-            f"{metric}_std": e["std"],
+            "mean": e["mean"],
+            "std": e["std"],
             "seeds": e["n"],
             "label_bytes": e["bytes"],
         }
@@ -120,27 +117,19 @@ def build_manifest(
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
     clip = p["base"].startswith("clip:")
     total = sum(v["bytes"] for v in parts.values())
-    task = task_of(cfg.data).name
-    if task == "segmentation":
-        formula = (
-            "MSE(student logit maps, labeller logit maps) + ce_weight * CE(student logit maps, class map) "
-            f"over labelled pixels ({IGNORE_INDEX} = ignored)"
-        )
-    elif ev.loss == "mse":
-        formula = "MSE(student logits, labeller logits) + ce_weight * CE(student logits, label)"
-    else:
-        formula = "KL(softmax(labeller / T) || softmax(student / T))"
+    task = task_of(cfg)
+    formula = task.loss_formula(ev.loss)
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "hellodd_version": __version__,
         "name": name,
         "preset": cfg.preset,
-        "task": task,
+        "task": task.name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "classes": set_meta["classes"],
         "count": set_meta["count"],
-        "ipc": set_meta.get("ipc"),  # a segmentation subset counts images, not images per class
+        "ipc": set_meta.get("ipc"),  # None for a subset of whole images (the task counts its images)
         "image_shape": set_meta["resolution"],
         "variant": set_meta["variant"],
         "source": set_meta["source"],
@@ -154,7 +143,7 @@ def build_manifest(
             "encoder_rank": p["encoder_rank"],
             "head_rank": p["head_rank"],
             "frozen_depth": p["frozen_depth"],
-            "dense": p.get("dense", False),  # a logit map per image (segmentation)
+            "dense": p.get("dense", False),  # a logit map per image
             "adapter_dtype": p["adapter_dtype"],
             "head_init": info.get("head_init"),
         },
@@ -239,7 +228,7 @@ def card_header(m: dict) -> dict:
     return {
         "license": m["license"],
         "pretty_name": m["name"],
-        "task_categories": ["image-classification"],
+        "task_categories": [named(m.get("task")).hf_category],
         "tags": ["dataset-distillation", "light-labels", "lora", "hellodd"],
         "size_categories": [size_category(m["count"])],
         "configs": [
@@ -301,19 +290,8 @@ def hf_sections(m: dict) -> list[str]:
 def card(m: dict) -> str:
     """The README.md beside the manifest (an hf export's: a Hugging Face dataset card)."""
     b, tr, v = m["base"], m["training"], m["views"]
-    dense = m.get("task") == "segmentation"
-    per = "a class map each" if dense else f"{m['ipc']} per class"
-    if dense:
-        model = (
-            "model = torchvision.models.segmentation.lraspp_mobilenet_v3_large(\n"
-            "    num_classes=len(ds.classes), weights=None, weights_backbone=None)"
-        )
-        call = 'model(x.expand(-1, 3, -1, -1))["out"]'
-    else:
-        model, call = (
-            "model = torchvision.models.resnet18(num_classes=len(ds.classes))",
-            "model(x.expand(-1, 3, -1, -1))",
-        )
+    task = named(m.get("task"))
+    per, (model, call) = task.card_count(m["ipc"]), task.card_model()
     lines = [
         f"# {m['name']}",
         "",
@@ -350,8 +328,7 @@ def card(m: dict) -> str:
         ]
     res = m.get("results")
     if res:
-        key = res.get("metric", "top1")
-        name = {"top1": "top-1", "miou": "mIoU"}.get(key, key)
+        name = scored_by(res).metric_name
         lines += [
             "",
             f"## Measured ({res['epochs']} epochs, final-epoch {name}, mean ± std over seeds)",
@@ -362,7 +339,7 @@ def card(m: dict) -> str:
         for source, per in res["per_source"].items():
             for student, r in per.items():
                 nb = f"{r['label_bytes']:,}" if r["label_bytes"] is not None else "-"
-                mean, std = r[f"{key}_mean"], r[f"{key}_std"]
+                mean, std = r["mean"], r["std"]
                 lines.append(f"| {source} | {student} | {mean:.2f} ± {std:.2f} ({r['seeds']}) | {nb} |")
     if m.get("images"):
         lines = ["---", *to_yaml(card_header(m)), "---", "", *lines, *hf_sections(m)]
@@ -392,8 +369,9 @@ def run_export(
             f"{d}: no distilled set to export; run 'hellodd distill' first (same --out and settings)"
         )
     images, labels, set_meta = read_set(d)
-    if hf and labels.ndim != 1:
-        raise UserError("--format hf: a class per image only (a segmentation set exports as a folder)")
+    task = task_of(cfg)
+    if hf and task.hf_category is None:
+        raise UserError(f"--format hf: a class per image only (a {task.name} set exports as a folder)")
     adapters = projector_for(cfg, images)
     if not adapters.is_file():
         raise UserError(f"{adapters}: no adapters label this set; run 'hellodd projector' first")
@@ -422,19 +400,11 @@ def run_export(
     if head and (cache_dir(cfg) / head).is_file():
         shutil.copyfile(cache_dir(cfg) / head, tmp / "base" / head)
         roles[f"base/{head}"] = "the base head's initialisation (recomputable from the public base and names)"
-    if png and labels.ndim == 3:  # a segmentation set: png/images and png/masks
-        mask_pictures(images, labels, set_meta["classes"], tmp)
+    if png:  # the task's pictures of a set under png/, without their contact sheet
+        task.pictures(images, labels, set_meta["classes"], tmp)
         (tmp / CONTACT_SHEET).unlink()
         roles.update(
-            {
-                p.relative_to(tmp).as_posix(): "image or class map (PNG)"
-                for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))
-            }
-        )
-    elif png:
-        write_png_tree(images, labels, set_meta["classes"], tmp / PNG_FOLDER)
-        roles.update(
-            {p.relative_to(tmp).as_posix(): "image (PNG)" for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))}
+            {p.relative_to(tmp).as_posix(): task.png_role for p in sorted((tmp / PNG_FOLDER).rglob("*.png"))}
         )
     parts = {rel: {**file_record(tmp / rel), "role": role} for rel, role in roles.items()}
     results = measured_results(cfg, images)

@@ -3,13 +3,14 @@
 Reads what the stages wrote (``<run>/evaluate/<set>/metrics.json``, ``<run>/teachers/metrics.json``) and
 writes ``report.md`` and ``frontier.png`` into the chosen folder (the run itself for ``hellodd run``):
 
-* per (set, label source, student): final-epoch top-1, mean ± sample std over seeds (no best-epoch or
-  learning-rate selection on the test set), the label source's extra bytes (from its files), s / iteration;
+* per (set, label source, student): the final-epoch score (the task's metric: top-1, mIoU), mean ± sample
+  std over seeds (no best-epoch or learning-rate selection on the test set), the label source's extra bytes
+  (from its files), s / iteration;
 * the improvement over the random real subset of the same IPC in the same run, per source and student:
   mean(set) - mean(random) ± sqrt(std(set)^2 + std(random)^2) (the subset and the set share seeds, streams
   and protocol, not images, so the runs are not paired);
-* the whole-data reference: the final teacher's validation top-1 (trained on every training image);
-* the plot: top-1 against label bytes (log scale; hard labels, 0 B, sit at the left edge), one point per
+* the whole-data reference: the final teacher's validation score (trained on every training image);
+* the plot: the score against label bytes (log scale; hard labels, 0 B, sit at the left edge), one point per
   source with its std, the distilled set filled and the random subset hollow, for the first student.
 
 Several runs (e.g. adapters saved in fp16, other ranks) go on one frontier; rows then name their run.
@@ -27,7 +28,9 @@ import json
 import math
 from pathlib import Path
 
-from hellodd.config.schema import is_compressor_source
+from hellodd.config import named, scored_by
+from hellodd.config.schema import LABEL_SOURCES, is_compressor_source
+from hellodd.config.tasks import reference
 from hellodd.errors import UserError
 from hellodd.io import read_json, write_bytes
 from hellodd.layout import REPORT_JSON, REPORT_MD, evaluations_in, frontier_plot, teacher_metrics_in
@@ -45,7 +48,7 @@ def _sets(run: Path) -> list[dict]:
 
 
 def per_source(m: dict) -> list[dict]:
-    """An evaluation's rows (``evaluate/<set>/metrics.json``) per (source, student): final-epoch top-1 mean,
+    """An evaluation's rows (``evaluate/<set>/metrics.json``) per (source, student): final-epoch score mean,
     std and n over seeds, label bytes, median seconds per iteration."""
     keep = ("source", "student", "mean", "std", "n", "bytes", "s_per_iter")
     return [{k: a[k] for k in keep} for a in aggregate(m["rows"], m["storage"])]
@@ -58,8 +61,9 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
         teachers = teacher_metrics_in(run)
         if teachers.is_file():
             t = read_json(teachers)
-            metric = t.get("metric", "top1")  # the task's: top-1, or mIoU for segmentation
-            whole[run.name] = {"arch": t.get("arch"), "top1": t.get(f"final_val_{metric}"), "metric": metric}
+            task = scored_by(t)  # a teacher's metrics keep its task's own keys
+            score = t.get(f"final_val_{task.metric}")
+            whole[run.name] = {"arch": t.get("arch"), "score": score, "score_name": task.metric_name}
         for m in _sets(run):
             where = {
                 "run": run.name,
@@ -67,7 +71,7 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
                 "random": m.get("set", "").endswith("-random"),
                 "ipc": m.get("ipc"),
                 "epochs": m.get("epochs"),
-                "metric": m.get("metric", "top1"),
+                "score_name": scored_by(m).metric_name,  # what the means are: the task's metric
             }
             entries += [{**where, **e} for e in per_source(m)]
     for e in entries:  # improvement over the random subset of the same IPC, same run / source / student
@@ -87,19 +91,30 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
 
 
 def metric_name(entries: list[dict]) -> str:
-    """What the entries' means are: ``top-1``, or ``mIoU`` for segmentation runs."""
-    return "mIoU" if entries and all(e.get("metric") == "miou" for e in entries) else "top-1"
+    """What the entries' means are: their task's metric (top-1, mIoU); ``score`` when runs differ."""
+    names = {scored_by(e).metric_name for e in entries} or {named(None).metric_name}
+    return names.pop() if len(names) == 1 else "score"
+
+
+def current(entries: list[dict], whole: dict) -> tuple[list[dict], dict]:
+    """A report's entries and whole-data references with their scores under the neutral keys, whichever
+    version wrote them (a report.json of before them names the metric's key: ``metric``, ``top1``)."""
+    entries = [{**e, "score_name": scored_by(e).metric_name} for e in entries]
+    whole = {
+        run: {"arch": w.get("arch"), "score": reference(w), "score_name": scored_by(w).metric_name}
+        for run, w in whole.items()
+    }
+    return entries, whole
 
 
 def table(entries: list[dict], whole: dict) -> str:
     many = len({e["run"] for e in entries}) > 1
     lines = []
     for run, w in whole.items():
-        if w.get("top1") is not None:
-            name = "mIoU" if w.get("metric") == "miou" else "top-1"
+        if w.get("score") is not None:
             lines.append(
                 f"Whole-data reference ({run}): the final teacher ({w['arch']}, every training image) reaches "
-                f"{w['top1']:.2f}% val {name}."
+                f"{w['score']:.2f}% val {w['score_name']}."
             )
     lines.append("")
     head = [
@@ -167,11 +182,11 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
                 e["run"], (x, e["mean"]), textcoords="offset points", xytext=(6, 3), fontsize=6, color=c
             )
     for w in whole.values():
-        if w.get("top1") is not None:
-            ax.axhline(w["top1"], ls="--", color="grey", lw=1)
+        if w.get("score") is not None:
+            ax.axhline(w["score"], ls="--", color="grey", lw=1)
             ax.annotate(
                 f"whole data ({w['arch']})",
-                (floor, w["top1"]),
+                (floor, w["score"]),
                 xytext=(2, 3),
                 textcoords="offset points",
                 fontsize=7,
@@ -186,9 +201,7 @@ def plot(entries: list[dict], whole: dict, path: Path) -> None:
     ax.set_xlabel("extra label bytes (log scale; hard labels need none)")
     ax.set_ylabel(f"student {metric_name(pts)} (%), final epoch, mean ± std over seeds")
     ipc, epochs = pts[0].get("ipc"), pts[0].get("epochs")
-    what = (
-        pts[0]["set"] if metric_name(pts) == "mIoU" else f"IPC {ipc}"
-    )  # a segmentation set is a subset size
+    what = f"IPC {ipc}" if scored_by(pts[0]).counts_per_class else pts[0]["set"]  # else a subset's size
     ax.set_title(
         f"{what}, {student}, {epochs} epochs: filled = distilled set, hollow = random real subset", fontsize=9
     )
@@ -277,11 +290,11 @@ def _ratio(name: str) -> float:
 
 def ipc_table(entries: list[dict]) -> str:
     """The paper's main table: one row per label source (distilled set, then random subset), one column per
-    IPC; each cell top-1 mean ± std and the source's label bytes (first student)."""
+    IPC; each cell the score's mean ± std and the source's label bytes (first student)."""
     student = entries[0]["student"]
     mine = [e for e in entries if e["student"] == student]
     ipcs = sorted({e["ipc"] for e in mine})
-    order = ["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"]
+    order = list(LABEL_SOURCES)  # the config's order; compressors (lpld:X, ...) after
     sources = sorted(
         {e["source"] for e in mine},
         key=lambda n: (order.index(n.split("+")[0]) if n.split("+")[0] in order else 99, n),
@@ -304,7 +317,9 @@ def ipc_table(entries: list[dict]) -> str:
 
 def markdown(entries: list[dict], whole: dict, plots: dict[int, str] | None = None) -> str:
     """The report's markdown below its title: per IPC the table, the verdict, the LRS table and (``plots``:
-    IPC -> image path) the frontier plot; several IPCs open with the label sources by IPC."""
+    IPC -> image path) the frontier plot; several IPCs open with the label sources by IPC.  Reads a report of
+    any version (:func:`current`)."""
+    entries, whole = current(entries, whole)
     found = sorted({e["ipc"] for e in entries})
     sections = []
     for ipc in found:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hellodd.config import SEGMENTATION_DATA, Config
+from hellodd.config import Config, spec_of
 
 LOCK_FILE = ".hellodd.lock"
 CONFIG_FILE, METRICS_FILE, STORAGE_FILE = "config.json", "metrics.json", "storage.json"
@@ -105,9 +105,7 @@ def variant(cfg: Config) -> str:
 
 
 def set_name(cfg: Config) -> str:
-    if cfg.data.name in SEGMENTATION_DATA:  # a subset of whole images, not a number per class
-        return f"subset{cfg.distill.subset:g}-{variant(cfg)}"
-    return f"ipc{cfg.distill.ipc}-{variant(cfg)}"
+    return f"{spec_of(cfg).set_stem(cfg)}-{variant(cfg)}"  # how many images (the task says how), how made
 
 
 def distilled_dir(cfg: Config) -> Path:

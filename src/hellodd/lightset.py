@@ -36,7 +36,7 @@ from hellodd.io import tensor_sha256
 from hellodd.layout import ADAPTER_FILE, IMAGES_FILE, MANIFEST_FILE
 from hellodd.projector.adapters import load_projector, merged_for_inference
 from hellodd.sets import read_export_manifest, read_images, verify_file
-from hellodd.tasks import TASKS
+from hellodd.tasks import task_named
 
 
 class _Images(torch.utils.data.Dataset):
@@ -58,9 +58,10 @@ class LightSet:
         self.root, self.manifest, self.base_checkpoint = root, manifest, base_checkpoint
         self.images, self.labels = export_images(root, manifest)
         self.classes: list[str] = list(manifest["classes"])
-        self.task: str = manifest.get("task", "classification")
-        if self.task not in TASKS:
-            raise UserError(f"{root / MANIFEST_FILE}: unknown task {self.task!r}")
+        try:  # an export of before tasks had names is a classification set
+            self.task: str = task_named(manifest.get("task")).name
+        except UserError as e:
+            raise UserError(f"{root / MANIFEST_FILE}: {e}") from None
         self._labellers: dict[str, torch.nn.Module] = {}
 
     def __len__(self) -> int:
@@ -106,7 +107,7 @@ class LightSet:
             min_scale=v["crop_scale"][0],
             cutmix_alpha=v["cutmix_alpha"],
         )
-        labeller, task = self.labeller(device), TASKS[self.task]
+        labeller, task = self.labeller(device), task_named(self.task)
         for epoch in range(epochs or self.manifest["training"]["epochs"]):
             for step in range(stream.steps_per_epoch):
                 idx, crops, mix = stream.batch_params(epoch, step)
@@ -120,7 +121,7 @@ class LightSet:
         (segmentation: per pixel, ignored pixels left out of the CE)."""
         spec = self.manifest["loss"]
         ev = SimpleNamespace(loss=spec["name"], ce_weight=spec["ce_weight"], temperature=spec["temperature"])
-        return TASKS[self.task].student_loss(ev, logits, target, "logits", y)
+        return task_named(self.task).student_loss(ev, logits, target, "logits", y)
 
 
 def export_images(root: Path, manifest: dict) -> tuple[torch.Tensor, torch.Tensor]:

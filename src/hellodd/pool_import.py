@@ -35,7 +35,6 @@ from hellodd.io import sha256
 from hellodd.layout import FINAL_FILE, STATE_FILE, pool_file, stage_dir
 from hellodd.models import count_parameters, save_classifier
 from hellodd.records import write_config, write_results
-from hellodd.segmentation.models import TorchvisionSegmenter
 from hellodd.tasks import task_of
 from hellodd.teachers import write_pool_index
 
@@ -111,8 +110,9 @@ def fit(model, state: dict[str, torch.Tensor], path: Path, arch: str, classes: i
     """Load ``state`` into the network (a hellodd checkpoint: whole; else its torchvision network, also a
     segmenter's, without its auxiliary head); one line if it does not fit."""
     target = model if all(k.startswith(("net.", "adapter.")) for k in state) else model.net
-    if isinstance(target, TorchvisionSegmenter):
-        target = target.net  # the torchvision model inside its logits wrapper
+    inner = getattr(target, "net", None)
+    if isinstance(inner, torch.nn.Module) and all(k.startswith("net.") for k in target.state_dict()):
+        target = inner  # the torchvision model inside its logits wrapper (a segmenter's "out")
         if not hasattr(target, "aux_classifier") or target.aux_classifier is None:
             state = {k: v for k, v in state.items() if not k.startswith(AUXILIARY)}
     try:

@@ -76,8 +76,8 @@ def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
     if d.update or d.adapt_steps > 0:
         check_base(cfg.projector)  # the update and the view adaptation load the projector
     task = task_of(cfg.data)
-    task.check_set(cfg)
-    if task.name == "classification" and d.init == "folder" and is_released_set(d.images):
+    task.check_set(cfg)  # a task whose sets are not read from a folder refuses init=folder here
+    if d.init == "folder" and is_released_set(d.images):
         # a released Hugging Face set: its files, columns and classes (labels read, no image decoded)
         released_labels(d.images, class_names(cfg.data), cfg.data.name)
 

@@ -43,7 +43,7 @@ def lrs_rows(entries: list[dict], whole: dict) -> list[dict]:
     row: its HLR, IOR and LRS."""
     rows = []
     for e in entries:
-        ref = whole.get(e["run"], {}).get("top1")
+        ref = whole.get(e["run"], {}).get("score")
         if e["random"] or "vs_random" not in e or ref is None:
             continue
         hard = [
@@ -70,7 +70,7 @@ def lrs_table(rows: list[dict], whole: dict) -> str:
     if not rows:
         return ""
     refs = "; ".join(
-        f"{run}: {w['arch']} {w['top1']:.2f}%" for run, w in whole.items() if w.get("top1") is not None
+        f"{run}: {w['arch']} {w['score']:.2f}%" for run, w in whole.items() if w.get("score") is not None
     )
     lines = [
         "DD-Ranking's label-robust score (gaps as fractions; whole-data hard-label reference: the final teacher, "

@@ -153,7 +153,7 @@ def paper_segmentation_report(images: int = 10_000, mask_size: int = 256, epochs
     """Supplement B.4's scale: 10,000 SA-1B images, SAM ViT-B as the teacher or as the projector's base."""
     sam = sam_model_bytes()
     lines = [
-        f"Segmentation at the supplement's B.4 scale ({images:,} SA-1B images; dense labels at SAM's "
+        f"Dense labels at the supplement's B.4 scale ({images:,} SA-1B images; logit maps at SAM's "
         f"{mask_size}x{mask_size} mask-logit resolution, fp16, {epochs} epochs)",
         _row("SAM ViT-B directly guiding (the whole model)", sam["bytes"], f"{sam['params']:,} params"),
     ]

@@ -193,8 +193,7 @@ def train_student(
         "student": arch,
         "seed": seed,
         "lr": lr,
-        "metric": task.metric,
-        **task.row_scores(val_metrics),
+        **task.row(val_metrics),  # score, second and their names (the task's metrics)
         "iterations": step_total,
         "seconds_per_iteration": statistics.median(warm) if warm else 0.0,
         "seconds": before + time.perf_counter() - started,  # the run: training, label generation, validation

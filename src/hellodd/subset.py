@@ -16,21 +16,18 @@ Outputs in ``<out>/distill/subset<N>-<rded|random>/``: ``images.safetensors`` (u
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from hellodd import engine
 from hellodd.augment import to_float
-from hellodd.config import Config
+from hellodd.config import IGNORE_INDEX, Config
 from hellodd.errors import UserError
-from hellodd.layout import CONTACT_SHEET, PNG_FOLDER, distilled_dir
+from hellodd.layout import distilled_dir
 from hellodd.records import write_config, write_results
-from hellodd.segmentation.data import IGNORE, load_segmentation
-from hellodd.segmentation.sheet import palette, scene_sheet
 from hellodd.sets import write_set
-from hellodd.tasks import load_network
+from hellodd.tasks import load_network, task_of
 from hellodd.teachers import load_pool
 
 SUBSET_STREAM = 5 * 10**6  # the subset's generator: seed + this, never a stream of another stage
@@ -47,26 +44,6 @@ def subset_size(cfg: Config, available: int) -> int:
     return n
 
 
-def mask_pictures(images: torch.Tensor, masks: torch.Tensor, classes: list[str], out: Path) -> int:
-    """A segmentation set's pictures: each image and its coloured map as PNGs, and a sheet of the first 16."""
-    from PIL import Image
-
-    total, colours = 0, palette(len(classes))
-    for kind in ("images", "masks"):
-        (out / PNG_FOLDER / kind).mkdir(parents=True, exist_ok=True)
-    for i, (img, mask) in enumerate(zip(images, masks)):
-        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
-        for kind, picture in (
-            ("images", Image.fromarray(arr)),
-            ("masks", Image.fromarray(colours[mask.long()].numpy())),
-        ):
-            path = out / PNG_FOLDER / kind / f"{i:05d}.png"
-            picture.save(path)
-            total += path.stat().st_size
-    scene_sheet(images[:16], masks[:16], classes).save(out / CONTACT_SHEET)
-    return total
-
-
 @torch.inference_mode()
 def observer_losses(fabric, teacher, images: torch.Tensor, masks: torch.Tensor, batch: int) -> torch.Tensor:
     """Each image's mean cross-entropy over its labelled pixels under the observer (the final teacher)."""
@@ -78,8 +55,8 @@ def observer_losses(fabric, teacher, images: torch.Tensor, masks: torch.Tensor, 
         )
         with fabric.autocast():
             logits = teacher(x).float()
-        ce = F.cross_entropy(logits, y, ignore_index=IGNORE, reduction="none")
-        labelled = (y != IGNORE).sum((1, 2)).clamp(min=1)
+        ce = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="none")
+        labelled = (y != IGNORE_INDEX).sum((1, 2)).clamp(min=1)
         out.append((ce.sum((1, 2)) / labelled).cpu())
     return torch.cat(out)
 
@@ -87,7 +64,9 @@ def observer_losses(fabric, teacher, images: torch.Tensor, masks: torch.Tensor, 
 def balanced_lowest(losses: torch.Tensor, masks: torch.Tensor, classes: list[str], n: int) -> torch.Tensor:
     """The ``n`` lowest-loss images, shared among classes by their pixels (see the module's docstring)."""
     k = len(classes)
-    counts = torch.stack([torch.bincount(m[m != IGNORE].long().flatten(), minlength=k)[:k] for m in masks])
+    counts = torch.stack(
+        [torch.bincount(m[m != IGNORE_INDEX].long().flatten(), minlength=k)[:k] for m in masks]
+    )
     if "background" in classes:
         counts[:, classes.index("background")] = 0
     dominant = counts.argmax(1)
@@ -110,13 +89,10 @@ def balanced_lowest(losses: torch.Tensor, masks: torch.Tensor, classes: list[str
 
 
 def run_subset(cfg: Config, fabric) -> dict:
-    d = cfg.distill
-    if d.init not in ("random", "rded"):
-        raise UserError(
-            f"--set distill.init={d.init}: segmentation sets are subsets chosen by the observer (rded) or at random"
-        )
+    d, task = cfg.distill, task_of(cfg)
+    task.check_set(cfg)  # a subset chosen by the observer (rded) or at random
     t0 = time.perf_counter()
-    bundle = load_segmentation(cfg.data, cfg.engine.seed)
+    bundle = task.load(cfg.data, cfg.engine.seed)
     train = bundle.train
     n = subset_size(cfg, len(train))
     extra = {}
@@ -136,7 +112,7 @@ def run_subset(cfg: Config, fabric) -> dict:
     images, masks = train.images[idx], train.masks[idx]
     out = distilled_dir(cfg)
     manifest = {
-        "task": "segmentation",
+        "task": task.name,
         "classes": bundle.classes,
         "count": n,
         "variant": d.init,
@@ -149,7 +125,7 @@ def run_subset(cfg: Config, fabric) -> dict:
     if fabric.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg, "distill")
-        manifest = write_set(out, images, masks, manifest, pictures=mask_pictures)
+        manifest = write_set(out, images, masks, manifest, pictures=task.pictures)
         metrics["seconds"] = time.perf_counter() - t0
         write_results(out, metrics, {"images_bytes": manifest["bytes"]})
     fabric.barrier()

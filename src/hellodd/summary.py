@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hellodd.config import Config
+from hellodd.config import Config, scored_by
 from hellodd.layout import RESULTS_MD, distilled_dir, evaluate_dir, projector_path
 
 
 def stage_line(stage: str, r: dict) -> str:
     """The one-line result of a stage, from the metrics it returned."""
-    metric, name = r.get("metric", "top1"), r.get("metric_name", "top-1")
+    task = scored_by(r)  # a teacher stage's metrics: its task's score under the task's own key
+    metric, name = task.metric, task.metric_name
     if stage == "teachers" and r.get(f"final_val_{metric}") is not None:
         accs = ", ".join(f"{p['epoch']:g}:{p[metric]:.1f}" for p in r["pool"])
         return (

@@ -1,6 +1,7 @@
 """What differs between tasks, declared once per task: the data, the networks, how a training view moves
 the targets, the loss on logits, the metric.  A stage asks :func:`task_of` for its config's task and never
-branches on the task itself.
+branches on the task itself.  Each task extends its torch-free spec (:mod:`hellodd.config.tasks`: scores
+and their names, label sources, set names, config checks), which configs, tables and reports ask.
 
 ==============  =====================================  =========================================
                 classification                         segmentation
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hellodd.augment import apply_crops, augment, mixed_one_hot, sample_augment
-from hellodd.config import SEGMENTATION_DATA, DataConfig, is_segmenter
-from hellodd.data import DataBundle, load_data, per_class_subset, subset, train_class_counts
+from hellodd.config import Config, DataConfig
+from hellodd.config.tasks import ClassificationSpec, SegmentationSpec, is_segmenter, named, spec_of
+from hellodd.data import DataBundle, class_names, load_data, per_class_subset, subset, train_class_counts
 from hellodd.errors import UserError
 from hellodd.losses import student_loss
 from hellodd.metrics import evaluate_classification
@@ -32,13 +34,12 @@ from hellodd.models import build_model, load_classifier
 from hellodd.segmentation.data import IGNORE, MaskedImages, check_segmentation_data, load_segmentation
 from hellodd.segmentation.metrics import evaluate_segmentation
 from hellodd.segmentation.models import build_segmenter
+from hellodd.segmentation.sheet import mask_pictures
 from hellodd.segmentation.views import crop_masks, cutmix_masks
+from hellodd.sets import class_pictures
 
 
-class Classification:
-    name = "classification"
-    metric, metric_name = "top1", "top-1"
-    scores = ("top1", "top5", "loss")  # what a teacher checkpoint's validation keeps
+class Classification(ClassificationSpec):
     # each stage's function (module under hellodd, name): what `hellodd <stage>` runs for this task
     stages = {
         "teachers": ("teachers", "train_teachers"),
@@ -101,14 +102,14 @@ class Classification:
     def student_loss(self, ev, logits, targets, kind: str, y) -> torch.Tensor:
         return student_loss(ev, logits, targets, kind, y)
 
-    def row_scores(self, val: dict) -> dict:
-        return {"top1": val["top1"], "top5": val["top5"]}
+    pictures = staticmethod(class_pictures)  # (images, labels, classes, out): a set's PNGs and contact sheet
+
+    def class_count(self, cfg: Config) -> int:
+        """The configured data's class count, read without an image: the class folders, the labels' names."""
+        return len(class_names(cfg.data))
 
 
-class Segmentation:
-    name = "segmentation"
-    metric, metric_name = "miou", "mIoU"
-    scores = ("miou", "pixel_accuracy", "loss")
+class Segmentation(SegmentationSpec):
     stages = {
         "teachers": ("teachers", "train_teachers"),
         "projector": ("projector.transfer", "run_projector"),
@@ -136,7 +137,7 @@ class Segmentation:
         return load_segmentation(cfg, seed)
 
     def build(self, arch: str, num_classes: int, channels: int, size: int) -> nn.Module:
-        if not is_segmenter(arch):
+        if not self.knows(arch):
             raise UserError(
                 f"--set teacher.arch={arch}: not a segmentation network (convnet-fcn, torchvision's)"
             )
@@ -186,16 +187,27 @@ class Segmentation:
             )
         return F.mse_loss(logits, targets) + ev.ce_weight * ce
 
-    def row_scores(self, val: dict) -> dict:
-        return {k: val[k] for k in ("miou", "pixel_accuracy", "per_class_iou")}
+    def row(self, val: dict) -> dict:
+        return {**super().row(val), "per_class_iou": val["per_class_iou"]}
+
+    pictures = staticmethod(mask_pictures)  # each image and its coloured map as PNGs, and a sheet
+
+    def class_count(self, cfg: Config) -> int:
+        """The configured data's class count, from its loader (a reader of class maps names its classes)."""
+        return len(self.load(cfg.data, cfg.engine.seed).classes)
 
 
-TASKS = {"classification": Classification(), "segmentation": Segmentation()}
+TASKS = {t.name: t for t in (Classification(), Segmentation())}
 
 
-def task_of(cfg: DataConfig) -> Classification | Segmentation:
-    """The task a dataset poses: segmentation for datasets of class maps, classification otherwise."""
-    return TASKS["segmentation" if cfg.name in SEGMENTATION_DATA else "classification"]
+def task_of(cfg: Config | DataConfig) -> Classification | Segmentation:
+    """The task a dataset poses (:func:`hellodd.config.tasks.spec_of`), with its data, networks and metric."""
+    return TASKS[spec_of(cfg).name]
+
+
+def task_named(name: str | None) -> Classification | Segmentation:
+    """The task called ``name`` (a set's manifest; None: classification, as sets made before tasks had names)."""
+    return TASKS[named(name).name]
 
 
 def stage_function(cfg, stage: str) -> Callable:

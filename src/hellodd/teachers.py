@@ -29,7 +29,7 @@ import torch
 
 from hellodd import engine
 from hellodd.augment import to_float
-from hellodd.config import Config
+from hellodd.config import Config, scored_by
 from hellodd.errors import UserError
 from hellodd.io import check_sha256, read_json, sha256, write_json
 from hellodd.layout import FINAL_FILE, POOL_INDEX, STATE_FILE, pool_file, pool_index_path, stage_dir
@@ -210,7 +210,7 @@ def train_teachers(cfg: Config, fabric) -> dict:
 
 def describe_pool(pool: dict) -> str:
     rows = [
-        f"  epoch {p['epoch']:>7g}  val {'mIoU' if 'miou' in p else 'top-1'} {p.get('miou', p.get('top1')):6.2f}%  "
+        f"  epoch {p['epoch']:>7g}  val {scored_by(p).metric_name} {scored_by(p).read(p):6.2f}%  "
         f"{Path(p['file']).name}"
         for p in pool["checkpoints"]
     ]

@@ -1,5 +1,6 @@
 """Typed configuration: one dataclass per stage (:mod:`.schema`), a preset per dataset (:mod:`.presets`),
-``--set a.b=v`` overrides and JSON (:mod:`.overrides`), and the checks of impossible settings (:mod:`.validate`).
+``--set a.b=v`` overrides and JSON (:mod:`.overrides`), the checks of impossible settings (:mod:`.validate`)
+and what each task is (:mod:`.tasks`).
 
 Every run writes the resolved config as JSON beside its outputs; :func:`from_dict` reads it back.
 """
@@ -11,9 +12,7 @@ from hellodd.config.schema import (
     IGNORE_INDEX,
     LABEL_REFINEMENTS,
     LABEL_SOURCES,
-    SEGMENTATION_DATA,
     TORCHVISION_ARCHS,
-    TORCHVISION_SEGMENTERS,
     Config,
     DataConfig,
     DistillConfig,
@@ -23,17 +22,14 @@ from hellodd.config.schema import (
     TeacherConfig,
     is_architecture,
     is_label_source,
-    is_segmenter,
     split_source,
 )
+from hellodd.config.tasks import named, scored_by, spec_of
 from hellodd.config.validate import validate
 
 __all__ = [
     "ADAPTER_DTYPES",
     "IGNORE_INDEX",
-    "SEGMENTATION_DATA",
-    "TORCHVISION_SEGMENTERS",
-    "is_segmenter",
     "FASHION_MNIST_DEBIAN",
     "IPC_SETTINGS",
     "LABEL_REFINEMENTS",
@@ -52,8 +48,11 @@ __all__ = [
     "ipc_settings",
     "is_architecture",
     "is_label_source",
+    "named",
     "preset",
+    "scored_by",
     "set_value",
+    "spec_of",
     "split_source",
     "to_dict",
     "validate",

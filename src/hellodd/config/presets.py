@@ -18,6 +18,7 @@ from hellodd.config.schema import (
     ProjectorConfig,
     TeacherConfig,
 )
+from hellodd.config.tasks import DENSE_SOURCES
 from hellodd.errors import UserError
 
 FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -267,9 +268,6 @@ def _glyphs(
     )
 
 
-DENSE_SOURCES = ["hard", "teacher", "weak-teachers", "stored", "compressed", "projector"]
-
-
 def _segmentation(
     name: str,
     data: DataConfig,
@@ -295,7 +293,11 @@ def _segmentation(
         distill=DistillConfig(init="rded", update=False, subset=subset),
         engine=EngineConfig(precision=precision),
         evaluate=EvaluateConfig(
-            **{"students": [teacher.arch], "label_sources": DENSE_SOURCES, "baseline_sources": DENSE_SOURCES}
+            **{
+                "students": [teacher.arch],
+                "label_sources": list(DENSE_SOURCES),
+                "baseline_sources": list(DENSE_SOURCES),
+            }
             | evaluate
         ),
     )

@@ -34,9 +34,7 @@ DataName = Literal[
     "voc",
     "masks",
 ]
-# the datasets of the segmentation task (hellodd.tasks): a class map per image, IGNORE_INDEX = not labelled
-SEGMENTATION_DATA = ("fashion-mnist-scenes", "synthetic-scenes", "voc", "masks")
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # a class map's unlabelled pixels (hellodd.config.tasks: which datasets have maps)
 Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 FloatDtype = Literal["float32", "float16", "bfloat16"]
@@ -64,20 +62,6 @@ TORCHVISION_ARCHS = (
 def is_architecture(arch: str) -> bool:
     """Whether :func:`hellodd.models.build_model` knows ``arch``."""
     return bool(re.fullmatch(r"convnet(?:-d\d)?(?:-w\d+)?", arch)) or arch in TORCHVISION_ARCHS
-
-
-# torchvision segmentation networks a segmentation teacher or student may be, besides convnet-fcn[-wM]
-TORCHVISION_SEGMENTERS = (
-    "lraspp_mobilenet_v3_large",
-    "deeplabv3_mobilenet_v3_large",
-    "deeplabv3_resnet50",
-    "fcn_resnet50",
-)
-
-
-def is_segmenter(arch: str) -> bool:
-    """Whether :func:`hellodd.segmentation.models.build_segmenter` knows ``arch``."""
-    return bool(re.fullmatch(r"convnet-fcn(?:-w\d+)?", arch)) or arch in TORCHVISION_SEGMENTERS
 
 
 def split_source(name: str) -> tuple[str, str]:

@@ -6,16 +6,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from hellodd.config.schema import (
-    LABEL_SOURCES,
-    SEGMENTATION_DATA,
-    TORCHVISION_ARCHS,
-    TORCHVISION_SEGMENTERS,
-    Config,
-    is_architecture,
-    is_label_source,
-    is_segmenter,
-)
+from hellodd.config.schema import LABEL_SOURCES, Config, is_label_source
+from hellodd.config.tasks import spec_of
 from hellodd.errors import UserError
 
 
@@ -123,34 +115,13 @@ def validate(cfg: Config) -> None:
             cfg.projector.head_init == "names"
             or (not cfg.projector.base.startswith("sam:") and not cfg.projector.dense),
             "projector.head_init",
-            "names for dense or SAM bases (prototypes: whole-image classification bases)",
+            "names for dense or SAM bases (prototypes: whole-image bases)",
         ),
         (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
     ]
-    archs = f"convnet, convnet-dN, convnet-dN-wM or one of {', '.join(TORCHVISION_ARCHS)}"
-    known = is_architecture
-    if cfg.data.name in SEGMENTATION_DATA:  # a class map per pixel: segmentation networks only
-        archs = f"convnet-fcn, convnet-fcn-wM or one of {', '.join(TORCHVISION_SEGMENTERS)}"
-        known = is_segmenter
-        dense = ("hard", "teacher", "weak-teachers", "stored", "compressed", "projector")
-        names = [*cfg.evaluate.label_sources, *cfg.evaluate.baseline_sources]
-        checks += [
-            (cfg.evaluate.loss == "mse", "evaluate.loss", "mse for segmentation students (logit maps)"),
-            (cfg.projector.dense, "projector.dense", "true for segmentation (a logit map per image)"),
-            (cfg.projector.train_per_class == 0, "projector.train_per_class", "0 for segmentation"),
-            (
-                cfg.distill.adapt_steps == 0,
-                "distill.adapt_steps",
-                "0 for segmentation (no view adaptation yet)",
-            ),
-            (
-                all(n in dense for n in names),
-                "evaluate.label_sources",
-                f"segmentation label sources among {', '.join(dense)} (not {[n for n in names if n not in dense]})",
-            ),
-        ]
-    else:
-        checks.append((not cfg.projector.dense, "projector.dense", "false for classification"))
+    task = spec_of(cfg)  # its networks, and the settings it rules out
+    archs, known = task.networks, task.knows
+    checks += task.checks(cfg)
     checks += [
         (cfg.projector.output_stride in (8, 16, 32), "projector.output_stride", "8, 16 or 32"),
         (known(cfg.teacher.arch), "teacher.arch", f"{archs} (not {cfg.teacher.arch!r})"),

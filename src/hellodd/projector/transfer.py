@@ -31,7 +31,7 @@ from torch import nn
 from hellodd import engine
 from hellodd.augment import apply_cutmix, sample_cutmix, to_float
 from hellodd.config import Config, ProjectorConfig
-from hellodd.data import class_names, per_class_subset, subset
+from hellodd.data import per_class_subset, subset
 from hellodd.errors import UserError
 from hellodd.io import sha256
 from hellodd.labels import MeanLogits
@@ -104,12 +104,8 @@ def weak_teachers(pool: dict, cfg: Config, num_classes: int | None = None) -> li
 
 
 def data_class_count(cfg: Config) -> int:
-    """The configured data's class count: its class names read without an image (classification: the class
-    folders, the labels' names), else from its loader."""
-    task = task_of(cfg.data)
-    if task.name == "classification":
-        return len(class_names(cfg.data))
-    return len(task.load(cfg.data, cfg.engine.seed).classes)
+    """The configured data's class count, as its task reads it (class names without an image where it can)."""
+    return task_of(cfg).class_count(cfg)
 
 
 @torch.inference_mode()
@@ -255,7 +251,7 @@ def train_projector(
     seconds = time.perf_counter() - t0
     val = task.evaluate(fabric, proj, bundle.val, bundle.classes, 250, desc="val")
     logits = _val_logits(fabric, [proj, *teacher_models], probe, 250)  # this rank's share of the probe set
-    logits = [task.per_label(t) for t in logits]  # segmentation: one row per pixel
+    logits = [task.per_label(t) for t in logits]  # rows of class scores (a logit map: one per pixel)
     agree = agreement(torch.stack(logits[1:]).mean(0), logits[0])
     path = out / ADAPTER_FILE
     metrics = {

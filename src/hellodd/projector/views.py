@@ -12,19 +12,18 @@ import torch
 from torch import nn
 
 from hellodd import engine
-from hellodd.augment import mixed_one_hot, render, student_stream
+from hellodd.augment import render, student_stream
 from hellodd.config import Config
-from hellodd.data import per_class_subset, subset
+from hellodd.errors import UserError
 from hellodd.io import load_tensors, sha256, tensor_sha256
 from hellodd.labels import MeanLogits
 from hellodd.layout import ADAPT_STATE_FILE, ADAPTER_FILE, cache_dir
-from hellodd.metrics import evaluate_classification
 from hellodd.models import load_classifier
 from hellodd.projector.adapters import adapter_tensors, load_projector, save_adapters
 from hellodd.projector.model import stored_parameters
 from hellodd.projector.transfer import adapter_optimizer, agreement, set_lr, teacher_logits, transfer_loss
 from hellodd.resume import ResumePoint
-from hellodd.tasks import TASKS
+from hellodd.tasks import task_of
 
 # streams of the view adaptation: never one of the evaluation's (seed * 1000 + student seed < 10**6)
 ADAPT_STREAM_SEED, HELD_OUT_STREAM_SEED, SELECT_STREAM_SEED = 10**6, 2 * 10**6, 4 * 10**6
@@ -87,7 +86,11 @@ def adapt_to_views(
     teacher_models = MeanLogits([engine.frozen(fabric, load_classifier(t["path"])[0]) for t in teachers])
     if cfg.evaluate.compile:  # they label views exactly as online labellers do in the evaluation
         teacher_models = engine.compile_frozen(teacher_models)
-    num_classes, task = len(proj.classes), TASKS["classification"]  # the view adaptation is classification's
+    num_classes, task = len(proj.classes), task_of(cfg)
+    if not task.adapts_views:
+        raise UserError(
+            f"--set distill.adapt_steps={d.adapt_steps}: no view adaptation for {task.name} sets yet"
+        )
 
     ev = cfg.evaluate
     train = student_stream(
@@ -147,7 +150,7 @@ def adapt_to_views(
         set_lr(opt, step, total, warm)
         idx, crops, mix = train.batch_params(*divmod(step, train.steps_per_epoch))
         x = render(images, idx, crops, mix, fabric.device)  # the whole batch (CutMix pairs rows across it)
-        y = mixed_one_hot(labels[idx].to(fabric.device), num_classes, mix)
+        y = task.hard_targets(task.view_targets(labels, idx, crops, mix, fabric.device), num_classes, mix)
         rows = engine.block(len(x), fabric.global_rank, fabric.world_size)  # this rank's rows of it
         loss, mse, ce = transfer_loss(
             fabric,
@@ -184,8 +187,8 @@ def adapt_to_views(
     seconds = time.perf_counter() - t0
     proj.eval()
     after = view_agreement(fabric, proj, teacher_models, images, held, probe_batches)
-    probe = subset(val, per_class_subset(val.targets, 200, cfg.engine.seed))
-    probe_val = evaluate_classification(fabric, proj, probe, 250, desc="val (probe)")
+    probe = task.probe(val, cfg.engine.seed)  # the validation images the transfer compared on
+    probe_val = task.evaluate(fabric, proj, probe, proj.classes, 250, desc="val (probe)")
     path = out / ADAPTER_FILE
     extra = {
         "adapted_from": source,
@@ -211,7 +214,8 @@ def adapt_to_views(
         # ended below where it started on held-out views: fewer top-1 agreements or a larger logit MSE
         "regressed": after["top1_agreement"] < before["top1_agreement"]
         or after["logit_mse"] > before["logit_mse"],
-        "val_probe_top1": probe_val["top1"],
+        "val_probe_score": probe_val[task.metric],
+        "val_probe_score_name": task.metric_name,
         "adapter_file": str(path),
         "adapter_bytes": path.stat().st_size,
     }

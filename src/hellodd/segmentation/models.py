@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hellodd.config import TORCHVISION_SEGMENTERS
+from hellodd.config.tasks import TORCHVISION_SEGMENTERS
 from hellodd.errors import UserError
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD, InputAdapter
 from hellodd.models import Classifier as Segmenter  # the same wrapper: adapter, network, build spec

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import colorsys
+from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
+from hellodd.layout import CONTACT_SHEET, PNG_FOLDER
 from hellodd.segmentation.data import IGNORE
 
 
@@ -40,3 +42,21 @@ def scene_sheet(images: torch.Tensor, masks: torch.Tensor, classes: list[str], s
         draw.rectangle([x, y, x + 10, y + 10], fill=tuple(colours[c].tolist()), outline="grey")
         draw.text((x + 14, y), name, fill="black")
     return sheet
+
+
+def mask_pictures(images: torch.Tensor, masks: torch.Tensor, classes: list[str], out: Path) -> int:
+    """A segmentation set's pictures: each image and its coloured map as PNGs, and a sheet of the first 16."""
+    total, colours = 0, palette(len(classes))
+    for kind in ("images", "masks"):
+        (out / PNG_FOLDER / kind).mkdir(parents=True, exist_ok=True)
+    for i, (img, mask) in enumerate(zip(images, masks)):
+        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+        for kind, picture in (
+            ("images", Image.fromarray(arr)),
+            ("masks", Image.fromarray(colours[mask.long()].numpy())),
+        ):
+            path = out / PNG_FOLDER / kind / f"{i:05d}.png"
+            picture.save(path)
+            total += path.stat().st_size
+    scene_sheet(images[:16], masks[:16], classes).save(out / CONTACT_SHEET)
+    return total
