@@ -191,3 +191,23 @@ def test_a_bad_checkpoint_is_one_line_naming_the_option_through_the_cli(
     assert err.startswith("hellodd: error:") and err.count("\n") == 1 and "Traceback" not in err, err
     assert message.format(tmp=tmp_path) in err, err
     assert not out.exists()  # refused before any stage
+
+
+def test_the_readme_names_every_base():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [k.usage for k in REGISTRY.values() if f"`{k.usage}`" not in readme]
+    assert not missing, f"bases the README does not name: {missing}"
+
+
+def test_the_record_written_with_the_adapters_holds_what_a_load_checks_and_no_more():
+    """The adapter file's bytes are label bytes: how the base computes (size, mean, s, n) is not recorded."""
+    tiny_clip = ProjectorConfig(base="clip:hellodd-RN-tiny", random_init=True, image_size=32)
+    tiny_sam = ProjectorConfig(base="sam:hellodd-vit-tiny", random_init=True, image_size=32, dense=True)
+    common = ["base", "pretrained", "checkpoint", "checkpoint_sha256"]
+    record = build_base(tiny_clip, CLASSES, text_head=False).info.as_dict()
+    assert list(record) == [*common, "head_init", "head_file"]
+    record = build_base(tiny_sam, CLASSES).info.as_dict()
+    assert list(record) == [*common, "weights_sha256", "head_init", "head_file"]
+    assert record["weights_sha256"] is None and record["head_file"] is None

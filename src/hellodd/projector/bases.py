@@ -124,4 +124,5 @@ def prototype_head(p: Projector, pcfg: ProjectorConfig) -> None:
         head_init=f"prototypes: the class names drawn in {pcfg.prototype_font}",
         prototype_font_sha256=sha256(pcfg.prototype_font),
         head_file=None,
+        recorded=(*p.info.recorded, "prototype_font_sha256"),
     )

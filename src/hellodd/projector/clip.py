@@ -32,7 +32,7 @@ from torch import nn
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
-from hellodd.projector.model import BaseInfo, Projector, cache_key
+from hellodd.projector.model import RECORDED, BaseInfo, Projector, cache_key
 from hellodd.projector.registry import BaseKind, register
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -261,6 +261,7 @@ def build_clip(
         dense=pcfg.dense,
         checkpoint=pcfg.checkpoint or None,
         checkpoint_sha256=ckpt_sha,
+        recorded=tuple(k for k in RECORDED if k != "weights_sha256"),  # no packaged weights to name
     )
     return Projector(visual, head_weight=head, head_bias=None, info=info, classes=classes)
 

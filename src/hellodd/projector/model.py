@@ -17,7 +17,6 @@ start and a :class:`BaseInfo`; :mod:`.bases` picks the kind by name (:mod:`.regi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -61,10 +60,25 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+# what a base's record holds (``recorded``): where its weights and its head's start came from, what a load
+# checks.  How the base computes (image size, normalisation, s, n) follows from the config and its kind.
+RECORDED = (
+    "base",
+    "pretrained",
+    "checkpoint",
+    "checkpoint_sha256",
+    "weights_sha256",
+    "head_init",
+    "head_file",
+)
+
+
 @dataclass(frozen=True)
 class BaseInfo:
     """What a projector's base is: how it reads images and scales its head (s, n), and where its weights and
-    its head's start came from.  Recorded with the adapters (``base_info``) and in the projector's metrics."""
+    its head's start came from.  Its record (:meth:`as_dict`: the ``recorded`` fields) goes with the adapters
+    (``base_info``) and into the projector's metrics; the adapter file's bytes are label bytes, so it records
+    what a load checks and a reader needs, no more."""
 
     base: str  # projector.base, e.g. ``clip:RN50``
     image_size: int  # the encoder's input side: images are resized to it
@@ -81,9 +95,11 @@ class BaseInfo:
     checkpoint_sha256: str | None = None  # ... and its hash: a loaded projector refuses any other file
     weights_sha256: str | None = None  # packaged weights' hash
     prototype_font_sha256: str | None = None  # the font a prototype head was drawn in
+    recorded: tuple[str, ...] = RECORDED  # the fields of the record, in its order
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The record: the ``recorded`` fields, as written with the adapters."""
+        return {k: getattr(self, k) for k in self.recorded}
 
 
 class Projector(nn.Module):
