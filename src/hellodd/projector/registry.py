@@ -3,8 +3,8 @@
 A base is named ``<kind>`` or ``<kind>:<arch>`` (``projector.base``); its kind is a :class:`BaseKind` that
 says how to check the spec, build the projector, name its weights and its head's cache file, and normalise
 its input.  Each kind's module registers its own entry (:mod:`.clip`, :mod:`.efficientnet`, :mod:`.sam`;
-:mod:`.bases` imports them), so a new base is one module with one :func:`register` call, and every caller
-asks :func:`kind_of` instead of testing the name.
+:mod:`.bases` imports them), so a new base is one :func:`register` call (in hellodd: its module, imported
+by :mod:`.bases`), and every caller asks :func:`kind_of` instead of testing the name.
 
 The base's weights come from one of two places, and :func:`check_checkpoint` is the one check of the first:
 
