@@ -171,7 +171,7 @@ def test_a_prototype_head_labels_its_own_prototypes():
     with torch.no_grad():
         logits = p(prototype_images(classes, pcfg.prototype_font, 32))
     assert torch.equal(logits.argmax(1), torch.arange(len(classes)))
-    assert p.info["prototype_font_sha256"] and p.info["head_file"] is None
+    assert p.info.prototype_font_sha256 and p.info.head_file is None
 
 
 def test_a_prototype_head_survives_its_adapter_file_and_refuses_another_font(tmp_path):

@@ -164,7 +164,7 @@ def test_users_checkpoint_file_is_loaded(tmp_path):
     ckpt = tmp_path / "tiny-clip.pt"
     torch.save(model.state_dict(), ckpt)
     p = build_base(tiny(random_init=False, checkpoint=str(ckpt)), CLASSES, tmp_path)
-    assert p.info["pretrained"] and len(p.info["checkpoint_sha256"]) == 64
+    assert p.info.pretrained and len(p.info.checkpoint_sha256) == 64
     assert torch.equal(p.encoder.conv1.weight, model.visual.conv1.weight)
     with pytest.raises(UserError, match="needs weights: pass --clip-checkpoint"):
         build_base(tiny(random_init=False), CLASSES)
@@ -341,10 +341,10 @@ def test_efficientnet_bases_load_their_packaged_imagenet_weights(tmp_path, base)
     from hellodd.projector.efficientnet import EFFICIENTNET_BASES, _efficientnet_weights
 
     p = build_base(ProjectorConfig(base=base, image_size=64), CLASSES, cache_dir=tmp_path)
-    assert p.info["pretrained"] and p.info["weights_sha256"] == sha256(_efficientnet_weights(base))
+    assert p.info.pretrained and p.info.weights_sha256 == sha256(_efficientnet_weights(base))
     wid = weights_id(base, False, 0, None)
-    assert wid.startswith(base + "-") and p.info["head_file"] == head_file(base, wid, CLASSES)
-    assert (tmp_path / p.info["head_file"]).is_file()
+    assert wid.startswith(base + "-") and p.info.head_file == head_file(base, wid, CLASSES)
+    assert (tmp_path / p.info.head_file).is_file()
     others = {head_file(b, weights_id(b, False, 0, None), CLASSES) for b in EFFICIENTNET_BASES}
     assert len(others) == len(EFFICIENTNET_BASES)
     assert weights_id("efficientnet-lite0", False, 0, None) == "efficientnet-lite0-57934424"

@@ -437,7 +437,7 @@ def test_a_sam_base_is_a_dense_projector_bound_to_its_checkpoint(tmp_path):
     )
     with pytest.raises(UserError, match="sha256 differs"):
         load_projector(tmp_path / "a.safetensors", checkpoint=other)
-    with pytest.raises(UserError, match="needs a SAM checkpoint"):
+    with pytest.raises(UserError, match=r"needs weights: pass --set projector\.checkpoint=PATH \(a SAM"):
         build_base(ProjectorConfig(base="sam:hellodd-vit-tiny", dense=True, image_size=32), ["a"])
 
 

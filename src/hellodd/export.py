@@ -50,8 +50,7 @@ from hellodd.layout import (
     export_dir,
     hf_shards_glob,
 )
-from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
-from hellodd.projector.bases import CLIP_MEAN, CLIP_STD, head_file, weights_id
+from hellodd.projector.bases import head_file, kind_of, weights_id
 from hellodd.sets import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
@@ -115,7 +114,7 @@ def build_manifest(
 ) -> dict:
     """The manifest; ``images`` describes images held outside ``images.safetensors`` (an hf export's shards)."""
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
-    clip = p["base"].startswith("clip:")
+    kind = kind_of(p["base"])
     total = sum(v["bytes"] for v in parts.values())
     task = task_of(cfg)
     formula = task.loss_formula(ev.loss)
@@ -153,8 +152,8 @@ def build_manifest(
                 f"grey images repeated to 3 channels, antialiased bilinear resize to {p['image_size']} px, "
                 "then normalised with mean and std"
             ),
-            "mean": list(CLIP_MEAN if clip else IMAGENET_MEAN),
-            "std": list(CLIP_STD if clip else IMAGENET_STD),
+            "mean": list(kind.mean),
+            "std": list(kind.std),
         },
         "views": {
             "what": "the student views the adapters were fitted to and the loader generates",

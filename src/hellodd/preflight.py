@@ -17,7 +17,7 @@ from hellodd.errors import UserError
 from hellodd.hf import is_released_set, released_labels
 from hellodd.io import read_json
 from hellodd.layout import pool_index_path
-from hellodd.projector.bases import EFFICIENTNET_BASES, check_base, check_minilm
+from hellodd.projector.bases import check_base, kind_of
 from hellodd.tasks import task_of
 
 # the stages each command runs, in order
@@ -57,8 +57,9 @@ def _teachers(cfg: Config, stages: tuple[str, ...]) -> None:
 
 def _projector(cfg: Config, stages: tuple[str, ...]) -> None:
     check_base(cfg.projector)
-    if cfg.projector.base in EFFICIENTNET_BASES and cfg.projector.head_init == "names":
-        check_minilm()  # the head is matched to the class names here (later stages read it from the cache)
+    names_head = kind_of(cfg.projector.base).check_names_head
+    if names_head is not None and cfg.projector.head_init == "names":
+        names_head()  # the head is derived from the class names here (later stages read it from the cache)
     window = cfg.projector.teacher_epochs
     pool = _pool_epochs(cfg, stages)
     if window and pool is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from pathlib import Path
 
 from hellodd.config.schema import LABEL_SOURCES, Config, is_label_source
 from hellodd.config.tasks import spec_of
@@ -140,9 +139,6 @@ def validate(cfg: Config) -> None:
             "each class's candidates (lower distill.ipc or distill.factor, or raise distill.candidates_per_class)",
         )
     )
-    ckpt = cfg.projector.checkpoint
-    if ckpt and not cfg.projector.random_init and not Path(ckpt).is_file():
-        raise UserError(f"--clip-checkpoint {ckpt}: file not found")
     for ok, key, want in checks:
         if not ok:
             raise UserError(f"--set {key}: must be {want}")

@@ -23,7 +23,7 @@ from torch import nn
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
-from hellodd.projector.bases import Projector, build_base
+from hellodd.projector.bases import Projector, build_base, kind_of
 from hellodd.projector.efficientnet import fold_same_padding
 from hellodd.projector.model import stored_parameters
 
@@ -47,7 +47,11 @@ def lora_targets(p: Projector, frozen_depth: float = 0.0) -> list[str]:
 
 
 def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: float = 0.0) -> list[str]:
-    """Inject peft LoRA in place (encoder rank r_e, head rank r_h); only LoRA factors are trainable."""
+    """Inject peft LoRA in place (encoder rank r_e, head rank r_h); only LoRA factors are trainable.
+
+    The factors' random start is drawn from ``p.adapter_rng`` (where the base's seeded build left the CPU
+    generator) inside a fork: the same numbers as drawing right after the build, and the caller's generator
+    is left as it was."""
     from peft import LoraConfig, inject_adapter_in_model  # lazy: a heavy import, needed once per build
 
     targets = lora_targets(p, frozen_depth) if encoder_rank > 0 else []
@@ -67,7 +71,10 @@ def add_adapters(p: Projector, encoder_rank: int, head_rank: int, frozen_depth: 
                 else {}
             ),
         )
-        inject_adapter_in_model(config, p)
+        with torch.random.fork_rng(devices=[]):
+            if getattr(p, "adapter_rng", None) is not None:
+                torch.set_rng_state(p.adapter_rng)
+            inject_adapter_in_model(config, p)
     stored = stored_parameters(p)
     for name, param in p.named_parameters():
         param.requires_grad_(name in stored)
@@ -101,7 +108,7 @@ def save_adapters(path, p: Projector, pcfg: ProjectorConfig, extra: dict | None 
             )
         },
         "classes": module.classes,
-        "base_info": module.info,
+        "base_info": module.info.as_dict(),
         **(extra or {}),
     }
     dtype = getattr(torch, pcfg.adapter_dtype)
@@ -129,22 +136,23 @@ def load_projector(
         pcfg = replace(pcfg, checkpoint=str(checkpoint))
     if want:
         if not pcfg.checkpoint or not Path(pcfg.checkpoint).is_file():
+            option = kind_of(pcfg.base).checkpoint_option or "--set projector.checkpoint={}"
             raise UserError(
                 f"{path}: needs its base checkpoint (sha256 {want[:12]}...), recorded at {pcfg.checkpoint}; "
-                "pass the file (hellodd.load(..., base_checkpoint=PATH) or --clip-checkpoint PATH)"
+                f"pass the file (hellodd.load(..., base_checkpoint=PATH) or {option.format('PATH')})"
             )
         if sha256(pcfg.checkpoint) != want:
             raise UserError(
                 f"{pcfg.checkpoint}: not the base checkpoint the adapters in {path} were trained on (sha256 differs)"
             )
     p = build_base(pcfg, meta["classes"], cache_dir if cache_dir is not None else Path(path).parent / "cache")
-    if recorded.get("weights_sha256") and p.info.get("weights_sha256") != recorded["weights_sha256"]:
+    if recorded.get("weights_sha256") and p.info.weights_sha256 != recorded["weights_sha256"]:
         raise UserError(
             f"{path}: the installed {pcfg.base} weights differ from those the adapters were trained on"
         )
     if (
         recorded.get("prototype_font_sha256")
-        and p.info.get("prototype_font_sha256") != recorded["prototype_font_sha256"]
+        and p.info.prototype_font_sha256 != recorded["prototype_font_sha256"]
     ):
         raise UserError(
             f"{path}: {pcfg.prototype_font} is not the font the adapters' prototype head was drawn in (sha256 differs)"

@@ -1,5 +1,6 @@
 """The projector's frozen base, picked by name: :func:`build_base`, :func:`check_base` and the name of its
-head's cache file (supplement A.3; docs/method.md).  One module per kind of base:
+head's cache file (supplement A.3; docs/method.md).  One module per kind of base, each registering itself
+(:mod:`.registry`):
 
 * ``clip:<arch>`` (:mod:`.clip`): an open_clip image tower, its head CLIP's zero-shot classifier
   (``clip:RN50`` is the paper's);
@@ -9,10 +10,16 @@ head's cache file (supplement A.3; docs/method.md).  One module per kind of base
 
 For CLIP and EfficientNet the head's start is derived from public weights and class names: it costs no
 storage.  SAM knows no class names: its head is learnt in full and stored.
+
+A base is built inside a fork of the CPU generator seeded with ``projector.base_seed``: building one draws
+the same numbers wherever it is called and leaves the caller's generator as it was.  The fork's state at
+the end of the build goes with the projector (``adapter_rng``), and the adapters' random start is drawn from
+it (:func:`~hellodd.projector.adapters.add_adapters`): base and adapters are one seeded stream.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,79 +27,72 @@ import torch
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import sha256
-from hellodd.projector.clip import (
-    CLIP_MEAN,
-    CLIP_STD,
-    build_clip,
-    check_clip,
-    clip_head_file,
-    prompt_templates,
+from hellodd.projector import clip, efficientnet, sam  # noqa: F401  (each registers its kinds of base)
+from hellodd.projector.clip import prompt_templates
+from hellodd.projector.efficientnet import check_minilm, minilm_similarity
+from hellodd.projector.model import BaseInfo, Projector
+from hellodd.projector.registry import (
+    REGISTRY,
+    BaseKind,
+    check_checkpoint,
+    head_file,
+    kind_of,
+    register,
+    weights_id,
 )
-from hellodd.projector.efficientnet import (
-    EFFICIENTNET_BASES,
-    build_efficientnet,
-    check_minilm,
-    efficientnet_head_file,
-    efficientnet_weights_id,
-    minilm_similarity,
-)
-from hellodd.projector.model import Projector
-from hellodd.projector.sam import SAM_ENCODERS, build_sam, check_sam
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
+    "REGISTRY",
+    "BaseInfo",
+    "BaseKind",
     "Projector",
     "build_base",
     "check_base",
+    "check_checkpoint",
     "check_minilm",
     "head_file",
+    "kind_of",
     "minilm_similarity",
     "prompt_templates",
+    "register",
     "weights_id",
 ]
 
 
 def check_base(pcfg: ProjectorConfig) -> None:
-    """Refuse, with one line, a base that cannot be built: an unknown name, a CLIP architecture open_clip does
-    not know, CLIP without weights (nothing is downloaded), a missing checkpoint, weights package or prototype font.  Reads no
-    weights, so a run can ask before its first stage."""
-    base = pcfg.base
+    """Refuse, with one line, a base that cannot be built: an unknown name, what its kind refuses (a CLIP
+    architecture open_clip does not know, a weights package that is not installed, ...), its checkpoint
+    setting (:func:`~hellodd.projector.registry.check_checkpoint`), a head it cannot start from prototypes or a
+    missing prototype font.  Reads no weights, so a run can ask before its first stage."""
+    kind = kind_of(pcfg.base)
     if pcfg.head_init == "prototypes":
+        if kind.learnt_head:
+            raise UserError(
+                f"--set projector.head_init=prototypes: must be names for {pcfg.base} (its head starts at zero "
+                "and is learnt in full)"
+            )
         from hellodd.glyphs import check_prototype_font  # lazy, as the head that draws with it
 
         check_prototype_font(pcfg.prototype_font)
-    if base in EFFICIENTNET_BASES:
-        if not pcfg.random_init:
-            efficientnet_weights_id(base)  # the package that ships the weights is installed
-    elif base.startswith("clip:"):
-        check_clip(pcfg)
-    elif base.startswith("sam:"):
-        check_sam(pcfg)
-    else:
-        raise UserError(
-            f"--set projector.base: unknown base {base!r} (clip:<open_clip architecture>, "
-            + ", ".join(f"sam:{a}" for a in SAM_ENCODERS if not a.startswith("hellodd"))
-            + ", "
-            + " or ".join(EFFICIENTNET_BASES)
-            + ")"
-        )
+    kind.check(pcfg)
+    check_checkpoint(pcfg)
 
 
 def build_base(
     pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None = None, text_head: bool = True
 ) -> Projector:
     """The projector before any adapter: exactly the base's zero-shot (or mapped ImageNet) classifier.
-    ``text_head=False`` leaves a CLIP base's head at zero (shapes only: for counting adapter bytes)."""
+    ``text_head=False`` leaves a CLIP base's head at zero (shapes only: for counting adapter bytes).
+
+    Seeded with ``projector.base_seed`` inside a fork of the CPU generator: the caller's stream is untouched."""
     check_base(pcfg)
-    if pcfg.base.startswith("clip:"):
-        p = build_clip(pcfg, classes, cache_dir, text_head and pcfg.head_init == "names")
-    elif pcfg.base.startswith("sam:"):
-        return build_sam(pcfg, classes)
-    else:
-        p = build_efficientnet(pcfg, classes, cache_dir)
-    if pcfg.head_init == "prototypes" and text_head:
-        prototype_head(p, pcfg)
+    kind = kind_of(pcfg.base)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(pcfg.base_seed)  # the CPU generator only: nothing else is forked
+        p = kind.build(pcfg, classes, cache_dir, text_head)
+        if pcfg.head_init == "prototypes" and text_head:
+            prototype_head(p, pcfg)
+        p.adapter_rng = torch.get_rng_state()  # where the adapters' random start continues the stream
     return p
 
 
@@ -119,29 +119,10 @@ def prototype_head(p: Projector, pcfg: ProjectorConfig) -> None:
     if p.head.bias is not None:
         p.head.bias.copy_(bias / p.scale)
     p.train(was)
-    p.info = {
-        **p.info,
-        "head_init": f"prototypes: the class names drawn in {pcfg.prototype_font}",
-        "prototype_font_sha256": sha256(pcfg.prototype_font),
-        "head_file": None,
-    }
-
-
-def weights_id(base: str, random_init: bool, base_seed: int, checkpoint_sha256: str | None) -> str:
-    """What names a base's weights in its head cache key: the checkpoint's sha256, the packaged weights, or
-    the seed of a random base."""
-    if random_init:
-        return f"seed:{base_seed}"
-    if base.startswith(("clip:", "sam:")):
-        return checkpoint_sha256 or f"seed:{base_seed}"
-    return efficientnet_weights_id(base)
-
-
-def head_file(base: str, weights_id: str, classes: list[str]) -> str:
-    """The cache file name of a base's head initialisation for these weights and classes (an export carries
-    it, so a loaded set needs neither the text tower nor MiniLM)."""
-    if base.startswith("clip:"):
-        return clip_head_file(base[5:], weights_id, classes)
-    if base.startswith("sam:"):
-        return ""  # nothing derived: the head is stored with the adapters
-    return efficientnet_head_file(base, weights_id, classes)
+    p.info = replace(
+        p.info,
+        head_init=f"prototypes: the class names drawn in {pcfg.prototype_font}",
+        prototype_font_sha256=sha256(pcfg.prototype_font),
+        head_file=None,
+        recorded=(*p.info.recorded, "prototype_font_sha256"),
+    )

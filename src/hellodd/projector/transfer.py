@@ -221,7 +221,7 @@ def train_projector(
     every = max(1, min(50, spe))  # checkpoint interval (steps)
     proj_ddp, opt = fabric.setup(proj, opt)
     dl = engine.loader(fabric, train, pcfg.batch_size, shuffle=True, seed=cfg.engine.seed + 1)
-    label = "pretrained" if proj.info["pretrained"] else "random"
+    label = "pretrained" if proj.info.pretrained else "random"
     bar = engine.progress(
         fabric, total=total, initial=step, desc=f"projector ({pcfg.base}, {label})", unit="step"
     )
@@ -255,7 +255,7 @@ def train_projector(
     agree = agreement(torch.stack(logits[1:]).mean(0), logits[0])
     path = out / ADAPTER_FILE
     metrics = {
-        "base": proj.info,
+        "base": proj.info.as_dict(),
         "adapter_targets": len(targets),
         "adapter_params": n_adapter,
         "encoder_rank": pcfg.encoder_rank,
