@@ -34,9 +34,10 @@ def test_pool_is_written_with_accuracies(tmp_path):
     val = json.loads((tmp_path / "teachers" / "metrics.json").read_text())["dataset"]["val"]
     tops = [p["top1"] for p in pool["checkpoints"]]
     assert all(t * val / 100 == pytest.approx(round(t * val / 100)) for t in tops), tops  # whole images
-    assert tops[-1] >= tops[0]  # the trajectory learns
+    # the preset's 2-epoch trajectory is too short to learn reliably (final top-1 over engine seeds 0-5 here:
+    # 47.9, 58.3, 33.3, 43.8, 37.5, 72.9): tests/test_learning.py checks that a longer one learns
     metrics = json.loads((tmp_path / "teachers" / "metrics.json").read_text())
-    assert metrics["final_val_top1"] > 100 / 4 + 10  # learns the gratings well above chance (25%)
+    assert metrics["final_val_top1"] == tops[-1]  # the final teacher is the pool's last checkpoint
     storage = json.loads((tmp_path / "teachers" / "storage.json").read_text())
     assert storage["teacher_bytes"] == (tmp_path / "teachers" / "final.safetensors").stat().st_size
     assert (
@@ -77,4 +78,5 @@ def test_two_process_ddp_on_cpu(tmp_path):
     sums = metrics["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == pytest.approx(sums[1], rel=0, abs=1e-9)  # replicas in sync
     assert metrics["steps_per_epoch"] == 3  # 96 images / 2 ranks / batch 16
-    assert metrics["final_val_top1"] > 25
+    pool = json.loads((tmp_path / "teachers" / "pool.json").read_text())
+    assert metrics["final_val_top1"] == pool["checkpoints"][-1]["top1"]  # learning: tests/test_learning.py
