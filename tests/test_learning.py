@@ -101,6 +101,7 @@ def student_score(task: str, run: dict, tmp_path, monkeypatch, shuffled: bool) -
     """A student trained on the run's set from the teacher's logits only (``evaluate.ce_weight=0``); with
     ``shuffled``, each batch's targets are rolled by one view, so every view learns another view's labels."""
     from hellodd import labels
+    from hellodd.config import named
 
     if shuffled:
         targets = labels.ModelLabels.targets
@@ -118,8 +119,8 @@ def student_score(task: str, run: dict, tmp_path, monkeypatch, shuffled: bool) -
     assert main(["evaluate", "--preset", preset, "--out", str(out), *_sets([*overrides, *only])]) == 0
     (folder,) = (out / "evaluate").iterdir()
     (row,) = read_json(folder / "metrics.json")["rows"]
-    assert row["source"] == "teacher"
-    return row[run["metric"]]
+    assert row["source"] == "teacher" and row["score_name"] == named(task).metric_name
+    return row["score"]
 
 
 def test_learns_is_a_margin_above_chance():
