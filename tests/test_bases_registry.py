@@ -211,3 +211,20 @@ def test_the_record_written_with_the_adapters_holds_what_a_load_checks_and_no_mo
     record = build_base(tiny_sam, CLASSES).info.as_dict()
     assert list(record) == [*common, "weights_sha256", "head_init", "head_file"]
     assert record["weights_sha256"] is None and record["head_file"] is None
+
+
+def test_prototypes_are_refused_for_a_head_learnt_in_full_and_for_dense_projectors():
+    """A SAM base's head starts at zero (no names to draw): the base check refuses prototypes; a dense
+    projector of any base is refused by the config's validation.  Both name projector.head_init."""
+    from hellodd.config import apply_overrides, preset
+
+    sam = ProjectorConfig(
+        base="sam:hellodd-vit-tiny", random_init=True, dense=True, image_size=32, head_init="prototypes"
+    )
+    with pytest.raises(UserError, match="projector.head_init=prototypes: must be names for sam:"):
+        check_base(sam)
+    check_base(
+        ProjectorConfig(base="sam:hellodd-vit-tiny", random_init=True, dense=True, image_size=32)
+    )  # names: accepted
+    with pytest.raises(UserError, match="projector.head_init: must be names for dense projectors"):
+        apply_overrides(preset("synthetic-scenes"), ["projector.head_init=prototypes"])

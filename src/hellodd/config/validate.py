@@ -111,10 +111,9 @@ def validate(cfg: Config) -> None:
             "empty (evaluate.seeds) or some of evaluate.seeds",
         ),
         (
-            cfg.projector.head_init == "names"
-            or (not cfg.projector.base.startswith("sam:") and not cfg.projector.dense),
+            cfg.projector.head_init == "names" or not cfg.projector.dense,
             "projector.head_init",
-            "names for dense or SAM bases (prototypes: whole-image bases)",
+            "names for dense projectors (prototypes: whole-image projectors)",  # bases: check_base
         ),
         (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
     ]
