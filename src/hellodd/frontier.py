@@ -30,6 +30,7 @@ from pathlib import Path
 
 from hellodd.config import named, scored_by
 from hellodd.config.schema import LABEL_SOURCES, is_compressor_source
+from hellodd.config.tasks import reference
 from hellodd.errors import UserError
 from hellodd.io import read_json, write_bytes
 from hellodd.layout import REPORT_JSON, REPORT_MD, evaluations_in, frontier_plot, teacher_metrics_in
@@ -100,7 +101,7 @@ def current(entries: list[dict], whole: dict) -> tuple[list[dict], dict]:
     version wrote them (a report.json of before them names the metric's key: ``metric``, ``top1``)."""
     entries = [{**e, "score_name": scored_by(e).metric_name} for e in entries]
     whole = {
-        run: {"arch": w.get("arch"), "score": scored_by(w).read(w), "score_name": scored_by(w).metric_name}
+        run: {"arch": w.get("arch"), "score": reference(w), "score_name": scored_by(w).metric_name}
         for run, w in whole.items()
     }
     return entries, whole

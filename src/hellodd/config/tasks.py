@@ -186,6 +186,12 @@ def named(name: str | None) -> ClassificationSpec:
     return SPECS[name]
 
 
+def reference(whole: dict) -> float | None:
+    """A report's whole-data reference score; a report of before the neutral keys kept every task's under
+    ``top1``."""
+    return whole.get("score", whole.get("top1"))
+
+
 def scored_by(record: dict) -> ClassificationSpec:
     """The task whose scores ``record`` holds (a result row, a report entry, a teacher's metrics or pool
     entry, an export's results), whichever version wrote it: by its ``task``, its ``score_name``, its old
