@@ -257,3 +257,82 @@ def test_stored_label_files_are_checked_when_read(base, tmp_path):
     _flip_last_byte(first)
     with pytest.raises(UserError, match="epoch_0001.safetensors: damaged"):
         load_tensors(first)
+
+
+def _stopped(cmd, **env):
+    """``cmd`` run with a SIGTERM sent by the test hooks: (the process, its hellodd: lines)."""
+    p = subprocess.run(cmd, env=cli_env(**env), timeout=300, capture_output=True, text=True)
+    return p, [line for line in p.stderr.splitlines() if line.startswith("hellodd:")]
+
+
+LEFT = "left the {} at its next batch; run the same command to resume from the last checkpoint"
+
+
+def test_sigterm_in_a_validation_pass_leaves_it_and_resumes_to_the_same_teacher(base, tmp_path):
+    cut = tmp_path / "cut"
+    stopped, lines = _stopped(_cmd("teachers", cut), HELLODD_DIE_IN="validation")
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr
+    assert lines == ["hellodd: SIGTERM received: " + LEFT.format("validation")]
+    resumed = subprocess.run(
+        _cmd("teachers", cut), env=cli_env(), timeout=300, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    pools = [read_json(d / "teachers" / "pool.json")["checkpoints"] for d in (base, cut)]
+    # the same checkpoints: metrics and tensors (a file's header order is safetensors' own, not ours)
+    assert [{k: v for k, v in e.items() if k != "sha256"} for e in pools[0]] == [
+        {k: v for k, v in e.items() if k != "sha256"} for e in pools[1]
+    ]
+    for f in ["final.safetensors"] + [e["file"] for e in pools[0]]:
+        assert _same_tensors(base / "teachers" / f, cut / "teachers" / f), f
+
+
+@pytest.mark.parametrize(
+    "source, hook, line",
+    [
+        # stored labels being written: left inside an epoch's labelling (finished epochs are files)
+        ("stored", {"HELLODD_DIE_IN": "stored-label writing"}, LEFT.format("stored-label writing")),
+        # a student inside an epoch (2 steps each): checkpointed after the step, not at the epoch's end
+        ("teacher", {"HELLODD_DIE_AT_STEP": 3, "HELLODD_DIE_SIGNAL": "TERM"}, "stopped at step 1/6"),
+    ],
+)
+def test_sigterm_inside_an_evaluation_stops_there_and_resumes_to_the_same_result(
+    base, tmp_path, source, hook, line
+):
+    outs = [tmp_path / "cut", tmp_path / "ref"]
+    for out in outs:
+        _copy(base, out, ["teachers", "projector", "distill"])
+    more = ["--set", f"evaluate.label_sources=[{source}]", "--set", "evaluate.seeds=[0]"]
+    more += ["--set", "evaluate.epochs=6"]
+    stopped, lines = _stopped(_cmd("evaluate", outs[0], *more), **hook)
+    assert stopped.returncode == 143 and len(lines) == 1 and line in lines[0], stopped.stderr[-1500:]
+    resumed = subprocess.run(
+        _cmd("evaluate", outs[0], *more), env=cli_env(), timeout=300, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    if source == "teacher":
+        assert "resuming at epoch 1/6, step 1" in resumed.stdout
+    assert main(_cmd("evaluate", outs[1], *more)[3:]) == 0
+    rows = [json.loads((o / "evaluate" / "ipc2-rded-update" / "results.json").read_text()) for o in outs]
+    assert [(r["score"], r["final_loss"]) for r in rows[0]] == [
+        (r["score"], r["final_loss"]) for r in rows[1]
+    ]
+
+
+def test_a_sigterm_from_outside_stops_a_stage_at_its_next_step(tmp_path):
+    """A scheduler's SIGTERM arrives at any time: the stage stops at its next step with its state written.
+    The seconds it took are printed (pytest -s); what is asserted is where it stopped, not how fast."""
+    out = tmp_path / "run"
+    long = ["--set", "teacher.epochs=400", "--set", "teacher.pool_epochs=[400]"]  # 2,400 steps
+    p = subprocess.Popen(_cmd("teachers", out, *long), env=cli_env(), stderr=subprocess.PIPE, text=True)
+    state = out / "teachers" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = time.monotonic()
+    p.send_signal(15)
+    err = p.communicate(timeout=120)[1]
+    seconds = time.monotonic() - sent
+    print(f"teachers: exited {seconds:.2f} s after SIGTERM")
+    assert p.returncode == 143, err[-1500:]
+    step = load_state(state)["step"]
+    assert 0 < step < 2400 and f"teachers stopped at step {step}/2400" in err

@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--accelerator", help="auto | cpu | cuda")
     common.add_argument("--devices", type=int, help="processes (GPUs) per node")
     common.add_argument("--num-nodes", type=int, help="number of nodes")
-    common.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed")
+    common.add_argument(
+        "--precision",
+        help="auto (default: bf16-mixed where the device computes bf16 natively, else 32-true) | 32-true | bf16-mixed | 16-mixed",
+    )
     common.add_argument("--seed", type=int, help="global seed")
     p = _Parser(
         prog="hellodd",
@@ -172,7 +175,21 @@ def build_config(args: argparse.Namespace, ipc: int | None = None):
         if any(o.split("=", 1)[0].strip() == "distill.ipc" for o in overrides):
             raise UserError("--ipc and --set distill.ipc: give the IPCs once, with --ipc")
         overrides.insert(0, f"distill.ipc={ipc}")
-    return C.apply_overrides(cfg, overrides)
+    cfg = C.apply_overrides(cfg, overrides)
+    from hellodd.precision import choose  # lazy: it asks torch what the device computes natively
+
+    chosen = choose(cfg.engine.precision, cfg.engine.accelerator)
+    cfg.engine.precision, cfg.engine.precision_why = chosen.precision, chosen.why
+    return cfg
+
+
+def say_precision(cfg) -> None:
+    """The first line of a run that computes: the precision and why (a warning where bf16 is emulated)."""
+    from hellodd.precision import line
+
+    if os.environ.get("RANK", "0") == "0":
+        text, warn = line(cfg.engine.precision, cfg.engine.precision_why)
+        print(f"hellodd: {text}", file=sys.stderr if warn else sys.stdout, flush=True)
 
 
 WRITERS = ("run", "teachers", "projector", "distill", "evaluate", "export")  # commands that write into --out
@@ -270,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             from hellodd.preflight import check_plan
 
             check_plan(args.command, cfgs)
+            say_precision(cfg)
         dispatch(cfg, args.command, args)
     except UserError as e:
         print(f"hellodd: error: {_one_line(e)}", file=sys.stderr)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hellodd.config import EngineConfig
 from hellodd.errors import UserError
+from hellodd.precision import choose
 
 
 def _launcher_counts() -> tuple[int, int] | None:
@@ -67,7 +68,7 @@ def make_fabric(cfg: EngineConfig):
         devices=devices,
         num_nodes=nodes,
         strategy="ddp" if distributed else "auto",
-        precision=cfg.precision,
+        precision=choose(cfg.precision, accelerator).precision,  # the CLI has resolved auto already
     )
     fabric.launch()
     want = int(os.environ.get("WORLD_SIZE", devices * nodes))
@@ -109,14 +110,19 @@ _STOP: dict = {"signal": None}
 
 
 class Preempted(Exception):
-    """Raised by a loop that has written its checkpoint after a stop request; the CLI turns it into one line."""
+    """Raised by a loop that has written its checkpoint after a stop request, or by a pass left at its next
+    batch (``step`` None: the loop around it resumes from its last checkpoint); the CLI turns it into one
+    line and exits 143 (SIGTERM) or 130 (Ctrl-C)."""
 
-    def __init__(self, what: str, step: int, total: int, checkpoint):
+    def __init__(self, what: str, step: int | None = None, total: int | None = None, checkpoint=None):
         self.signal = _STOP["signal"] or "stop"
-        super().__init__(
-            f"{self.signal} received: {what} stopped at step {step}/{total} after writing {checkpoint}; "
-            "run the same command to resume from there"
-        )
+        if step is None:
+            text = (
+                f"left the {what} at its next batch; run the same command to resume from the last checkpoint"
+            )
+        else:
+            text = f"{what} stopped at step {step}/{total} after writing {checkpoint}; run the same command to resume from there"
+        super().__init__(f"{self.signal} received: {text}")
 
 
 def _request_stop(signum, frame) -> None:
@@ -149,6 +155,30 @@ def test_signal(step: int) -> None:
     at = os.environ.get("HELLODD_DIE_AT_STEP")
     if at and step == int(at):
         os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("HELLODD_DIE_SIGNAL", "KILL")))
+
+
+def leave_if_stopping(what: str) -> None:
+    """Between two batches of a pass that keeps no state of its own (a validation, a labelling pass, stored
+    labels being written): after a stop request, leave it (:class:`Preempted`), so that a stop never waits
+    for a whole pass.  The test hook ``HELLODD_DIE_IN=<what>`` sends the signal at such a pass's first batch.
+    One process only: in a distributed run a rank must not leave a pass that the others go on with (they
+    would wait in its collectives), so there the loops' collective polls stop it at their next step."""
+    if os.environ.get("HELLODD_DIE_IN") == what:
+        os.environ.pop("HELLODD_DIE_IN")  # once: a resumed pass in the same process runs through
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("HELLODD_DIE_SIGNAL", "TERM")))
+    if _STOP["signal"] is not None and not (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    ):
+        raise Preempted(what)
+
+
+def passing(iterable, what: str):
+    """``iterable``, left at its next item after a stop request (:func:`leave_if_stopping`)."""
+    for item in iterable:
+        leave_if_stopping(what)
+        yield item
 
 
 def stop_requested(fabric=None) -> bool:

@@ -33,7 +33,14 @@ from hellodd.config.schema import LABEL_SOURCES, is_compressor_source
 from hellodd.config.tasks import reference
 from hellodd.errors import UserError
 from hellodd.io import read_json, write_bytes
-from hellodd.layout import REPORT_JSON, REPORT_MD, evaluations_in, frontier_plot, teacher_metrics_in
+from hellodd.layout import (
+    CONFIG_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    evaluations_in,
+    frontier_plot,
+    teacher_metrics_in,
+)
 from hellodd.ranking import lrs_rows, lrs_table
 from hellodd.tables import aggregate
 
@@ -64,6 +71,9 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
             task = scored_by(t)  # a teacher's metrics keep its task's own keys
             score = t.get(f"final_val_{task.metric}")
             whole[run.name] = {"arch": t.get("arch"), "score": score, "score_name": task.metric_name}
+            said = precision_of(run)
+            if said:
+                whole[run.name]["precision"] = said
         for m in _sets(run):
             where = {
                 "run": run.name,
@@ -90,6 +100,18 @@ def collect(runs: list[Path]) -> tuple[list[dict], dict]:
     return entries, whole
 
 
+def precision_of(run: Path) -> str:
+    """The precision the run's students computed in, and why, from its evaluations' ``config.json`` (empty for
+    a run of before the choice was recorded)."""
+    said = []
+    for metrics in evaluations_in(run):
+        where = metrics.parent / CONFIG_FILE
+        engine = read_json(where)["config"]["engine"] if where.is_file() else {}
+        if engine.get("precision_why"):
+            said.append(f"{engine['precision']} ({engine['precision_why']})")
+    return "; ".join(dict.fromkeys(said))
+
+
 def metric_name(entries: list[dict]) -> str:
     """What the entries' means are: their task's metric (top-1, mIoU); ``score`` when runs differ."""
     names = {scored_by(e).metric_name for e in entries} or {named(None).metric_name}
@@ -102,6 +124,7 @@ def current(entries: list[dict], whole: dict) -> tuple[list[dict], dict]:
     entries = [{**e, "score_name": scored_by(e).metric_name} for e in entries]
     whole = {
         run: {"arch": w.get("arch"), "score": reference(w), "score_name": scored_by(w).metric_name}
+        | ({"precision": w["precision"]} if w.get("precision") else {})
         for run, w in whole.items()
     }
     return entries, whole
@@ -116,6 +139,8 @@ def table(entries: list[dict], whole: dict) -> str:
                 f"Whole-data reference ({run}): the final teacher ({w['arch']}, every training image) reaches "
                 f"{w['score']:.2f}% val {w['score_name']}."
             )
+        if w.get("precision"):
+            lines.append(f"Students computed in {w['precision']}.")
     lines.append("")
     head = [
         "set",

@@ -216,7 +216,7 @@ def write_label_stores(stores: list[LabelStore], teacher, images: torch.Tensor, 
         shared: dict[str, list] = {"indices": [], "crops": [], "cutmix": [], "perm": []}
         own: dict[int, dict[str, list]] = {i: {} for i in need}
         steps = max(stores[i].steps_in(e, stream.steps_per_epoch) for i in need)
-        for s in range(steps):
+        for s in engine.passing(range(steps), "stored-label writing"):  # finished epochs are files
             idx, crops, mix = stream.batch_params(e, s)
             x = render(images, idx, crops, mix, device)
             with torch.inference_mode():

@@ -24,7 +24,9 @@ def evaluate_classification(
     model.eval()
     dl = engine.loader(fabric, ds, batch_size, shuffle=False, pad=False, workers=workers)
     stats = torch.zeros(4, dtype=torch.float64, device=fabric.device)  # correct1, correct5, loss, count
-    for x, y in engine.progress(fabric, dl, desc=desc, leave=False):
+    for x, y in engine.progress(
+        fabric, engine.passing(dl, "validation"), total=len(dl), desc=desc, leave=False
+    ):
         with fabric.autocast():
             logits = model(to_float(x)).float()
         k = min(5, logits.shape[1])

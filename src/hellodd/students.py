@@ -124,7 +124,7 @@ def train_student(
     lr = RDED_LR.get(arch, ev.lr) if ev.lr_per_arch else ev.lr
     opt = student_optimizer(model, lr, ev.weight_decay)
     plain = model  # the module itself (same parameters as the compiled one): what a state saves and loads
-    start_epoch, times, step_total, before = 0, [], 0, 0.0
+    start_epoch, start_step, times, step_total, before = 0, 0, [], 0, 0.0
     what = f"evaluation ({source.name} -> {arch}, seed {seed})"
     point = ResumePoint(state_path, key, what, ev.epochs, fabric)
     st = point.load()
@@ -135,8 +135,10 @@ def train_student(
         if st.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         start_epoch, times, step_total, before = st["epoch"], st["times"], st["steps"], st["seconds"]
+        start_step = st.get("step", 0)  # a stop inside an epoch saves the step it reached
         fabric.print(
             f"evaluate: {source.name} -> {arch}, seed {seed}: resuming at epoch {start_epoch}/{ev.epochs}"
+            + (f", step {start_step}" if start_step else "")
         )
     model, opt = fabric.setup(torch.compile(model) if ev.compile else model, opt)
     started = time.perf_counter()
@@ -155,30 +157,32 @@ def train_student(
     for epoch in range(start_epoch, ev.epochs):
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(ev.schedule, epoch, ev.epochs)
-        for step in range(stream.steps_per_epoch):
+        for step in range(start_step if epoch == start_epoch else 0, stream.steps_per_epoch):
             t0 = time.perf_counter()
             clock.start()
             loss = student_step(cfg, fabric, model, opt, source, stream, images, labels, epoch, step, clock)
             times.append(time.perf_counter() - t0)
             step_total += 1
             point.hook(step_total)
+            stop = point.stop_requested()  # SIGTERM / Ctrl-C: checkpoint after this step, then stop
+            ended = step + 1 == stream.steps_per_epoch
+            # a tenth of the run; at the last epoch, finishing costs less than resuming
+            if stop or (ended and (epoch + 1) % every == 0 and epoch + 1 < ev.epochs):
+                state = {
+                    "model": plain.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "epoch": epoch + 1 if ended else epoch,
+                    "step": 0 if ended else step + 1,
+                    "times": times,
+                    "steps": step_total,
+                    "seconds": before + time.perf_counter() - started,
+                }
+                clock.start()
+                point.save(epoch + ended, state, stop)
+                clock.lap("checkpoints")
         bar.update(1)
-        stop = point.stop_requested()
-        # at the last epoch, finishing costs less than resuming
-        if ((epoch + 1) % every == 0 or stop) and epoch + 1 < ev.epochs:
-            state = {
-                "model": plain.state_dict(),
-                "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "epoch": epoch + 1,
-                "times": times,
-                "steps": step_total,
-                "seconds": before + time.perf_counter() - started,
-            }
-            clock.start()
-            point.save(epoch + 1, state, stop)
-            clock.lap("checkpoints")
     bar.close()
     # compiled validation: one eval-mode compile per process, then 1.6x faster per run (docs/performance.md)
     classes = classes or [str(c) for c in range(num_classes)]

@@ -48,7 +48,7 @@ def subset_size(cfg: Config, available: int) -> int:
 def observer_losses(fabric, teacher, images: torch.Tensor, masks: torch.Tensor, batch: int) -> torch.Tensor:
     """Each image's mean cross-entropy over its labelled pixels under the observer (the final teacher)."""
     out = []
-    for i in range(0, len(images), batch):
+    for i in engine.passing(range(0, len(images), batch), "observer scoring"):
         x, y = (
             to_float(images[i : i + batch].to(fabric.device)),
             masks[i : i + batch].to(fabric.device).long(),

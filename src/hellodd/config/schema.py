@@ -35,7 +35,7 @@ DataName = Literal[
     "masks",
 ]
 IGNORE_INDEX = 255  # a class map's unlabelled pixels (hellodd.config.tasks: which datasets have maps)
-Precision = Literal["32-true", "bf16-mixed", "16-mixed", "64-true"]
+Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "64-true"]
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 FloatDtype = Literal["float32", "float16", "bfloat16"]
 Init = Literal["rded", "random", "folder"]
@@ -114,8 +114,11 @@ class EngineConfig:
     accelerator: str = "auto"  # auto | cpu | cuda | mps
     devices: int = 1  # processes per node
     num_nodes: int = 1
-    precision: Precision = "32-true"
+    # auto: bf16-mixed where the device computes bf16 natively, else 32-true (hellodd.precision); a run
+    # replaces it with what it chose and says why in precision_why (written by the run, not an input)
+    precision: Precision = "auto"
     seed: int = 0
+    precision_why: str = ""
 
 
 @dataclass

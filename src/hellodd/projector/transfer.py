@@ -112,7 +112,7 @@ def data_class_count(cfg: Config) -> int:
 def _val_logits(fabric, models: list[nn.Module], ds, batch_size: int) -> list[torch.Tensor]:
     dl = engine.loader(fabric, ds, batch_size, shuffle=False, pad=False)
     outs = [[] for _ in models]
-    for x, _ in dl:
+    for x, _ in engine.passing(dl, "agreement probe"):
         x = to_float(x)
         for i, m in enumerate(models):
             outs[i].append(m(x).float().cpu())

@@ -38,7 +38,7 @@ def view_agreement(fabric, proj: nn.Module, teachers: nn.Module, images, stream,
 
     zs, ps = [], []
     with torch.inference_mode(), fabric.autocast():
-        for b in range(batches):
+        for b in engine.passing(range(batches), "agreement probe"):
             idx, crops, mix = stream.batch_params(*divmod(b, stream.steps_per_epoch))
             x = render(images, idx, crops, mix, fabric.device)
             zs.append(teacher_logits(teachers, x).float().cpu())

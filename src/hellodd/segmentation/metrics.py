@@ -52,7 +52,9 @@ def evaluate_segmentation(
     loss = torch.zeros(1, dtype=torch.float64, device=fabric.device)
     dl = engine.loader(fabric, ds, batch_size, shuffle=False, pad=False)
     with torch.inference_mode():
-        for x, y in engine.progress(fabric, dl, desc=desc, leave=False):
+        for x, y in engine.progress(
+            fabric, engine.passing(dl, "validation"), total=len(dl), desc=desc, leave=False
+        ):
             with fabric.autocast():
                 logits = model(to_float(x)).float()
             y = y.long()
