@@ -59,7 +59,9 @@ def test_closed_choices_come_from_the_types():
         C.apply_overrides(C.preset("synthetic"), ["evaluate.schedule=step"])
     bad = C.to_dict(C.preset("synthetic"))
     bad["engine"]["precision"] = "fp8"  # a config file gets the same check as --set
-    with pytest.raises(UserError, match="engine.precision: must be 32-true, bf16-mixed, 16-mixed or 64-true"):
+    with pytest.raises(
+        UserError, match="engine.precision: must be auto, 32-true, bf16-mixed, 16-mixed or 64-true"
+    ):
         C.from_dict(bad)
 
 
