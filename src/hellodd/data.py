@@ -367,8 +367,8 @@ def class_names(cfg: DataConfig) -> list[str]:
     if cfg.name == "fashion-mnist":
         return list(FASHION_MNIST_CLASSES)
     if cfg.name == "glyphs":
-        from hellodd.glyphs import choose_classes, class_name  # lazy: see load_glyph_set
+        from hellodd.glyphs import chosen, class_name  # lazy: see load_glyph_set
 
-        return [class_name(c) for c in choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)]
+        return [class_name(c) for c in chosen(cfg)]
     train = _imagefolder_root(cfg) / "train"
     return readable_names(sorted(d.name for d in os.scandir(train) if d.is_dir()))

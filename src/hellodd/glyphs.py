@@ -138,18 +138,25 @@ def _cmap(path: str, index: int) -> frozenset:
         raise UserError(f"{path}: not a readable font ({str(e).splitlines()[0][:100]})") from None
 
 
-def choose_classes(root, unihan, n: int) -> list[int]:
-    """The ``n`` most common characters every face covers, or the one line that says how many there are."""
+def choose_classes(root, unihan, n: int, first: int = 0) -> list[int]:
+    """The ``n`` most common characters every face covers after the ``first`` most common (ranks ``first + 1``
+    to ``first + n``), or the one line that says how many there are."""
     covered = None
     for face, path in zip(TRAIN_FACES + VAL_FACES, face_paths(root)):
         cmap = _cmap(str(path), face.index)
         covered = cmap if covered is None else covered & cmap
     chars = [c for c in ranking(unihan) if c in covered]
-    if len(chars) < n:
+    if len(chars) < first + n:
         raise UserError(
             f"--set data.glyph_classes={n}: only {len(chars)} ranked characters are in every face"
+            + (f", {len(chars) - first} after data.glyph_first={first}" if first else "")
         )
-    return chars[:n]
+    return chars[first : first + n]
+
+
+def chosen(cfg) -> list[int]:
+    """The data config's characters (code points), in label order."""
+    return choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes, cfg.glyph_first)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -282,7 +289,7 @@ def glyph_set_key(cfg, paths: list[Path], unihan_sha: str, chars: list[int]) -> 
         "val_per_face": cfg.glyph_val_renderings,
         "seed": cfg.glyph_seed,
         "jitter": JITTER.__dict__,
-    }
+    } | ({"val_faces": "train"} if cfg.glyph_val_faces == "train" else {})
 
 
 def load_glyphs(cfg) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list[str], str]:
@@ -290,10 +297,11 @@ def load_glyphs(cfg) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list
     from hellodd.io import digest, load_tensors, save_tensors, sha256
 
     paths = face_paths(cfg.root)
-    chars = choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)
+    chars = chosen(cfg)
     key = glyph_set_key(cfg, paths, sha256(cfg.glyph_unihan), chars)
     tag = digest(key)
-    set_id = f"{VERSION}-{cfg.glyph_classes}c-{tag[:12]}"
+    ranks = f"{cfg.glyph_first + 1}-{cfg.glyph_first + cfg.glyph_classes}" if cfg.glyph_first else ""
+    set_id = f"{VERSION}-{cfg.glyph_classes}c{ranks and '-ranks-' + ranks}-{tag[:12]}"
     cached = cache_root() / f"{set_id}.safetensors"
     if cached.is_file():
         tensors, meta = load_tensors(cached)
@@ -311,8 +319,18 @@ def load_glyphs(cfg) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], list
             cfg.glyph_seed,
             "train",
         ),
+        # the held-out faces, or (a base that must never see them) other renderings of the training faces
         "val": render_split(
-            paths[ntrain:], VAL_FACES, chars, cfg.glyph_val_renderings, cfg.image_size, cfg.glyph_seed, "val"
+            *(
+                (paths[ntrain:], VAL_FACES)
+                if cfg.glyph_val_faces == "held-out"
+                else (paths[:ntrain], TRAIN_FACES)
+            ),
+            chars,
+            cfg.glyph_val_renderings,
+            cfg.image_size,
+            cfg.glyph_seed,
+            "val",
         ),
     }
     tensors = {f"{s}_{k}": t for s, (x, y) in splits.items() for k, t in (("images", x), ("labels", y))}
@@ -345,7 +363,7 @@ def prototype_images(classes: list[str], font: str | os.PathLike, size: int) -> 
 
 def train_counts(cfg) -> list[int]:
     """Training images per class, from the settings and the fonts' coverage (nothing rendered)."""
-    chars = choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)
+    chars = chosen(cfg)
     return [len(TRAIN_FACES) * cfg.glyph_train_renderings] * len(chars)
 
 
@@ -354,7 +372,7 @@ def contact_sheet(cfg, out: str | os.PathLike, classes: int = 12) -> None:
     from PIL import Image
 
     paths = face_paths(cfg.root)
-    chars = choose_classes(cfg.root, cfg.glyph_unihan, cfg.glyph_classes)[:classes]
+    chars = chosen(cfg)[:classes]
     faces = TRAIN_FACES + VAL_FACES
     s = cfg.image_size
     sheet = np.full((classes * (s + 2), len(faces) * (s + 2) + 8), 128, np.uint8)

@@ -10,13 +10,14 @@ labels file, the teacher pool's index, a released set's parquet footers and labe
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from hellodd.config import Config, split_source
 from hellodd.data import class_names
 from hellodd.errors import UserError
 from hellodd.hf import is_released_set, released_labels
-from hellodd.io import read_json
-from hellodd.layout import pool_index_path
+from hellodd.io import file_metadata, read_json, sha256
+from hellodd.layout import pool_index_path, projector_path
 from hellodd.projector.bases import check_base, kind_of
 from hellodd.tasks import task_of
 
@@ -72,10 +73,26 @@ def _projector(cfg: Config, stages: tuple[str, ...]) -> None:
             )
 
 
+def _adapters_base(cfg: Config, stages: tuple[str, ...]) -> None:
+    """The base file of adapters already on disk, when this command does not train them again: refused before
+    any stage if it is not the file they were trained on (its sha256 is in their header)."""
+    p = cfg.projector
+    path = projector_path(cfg)
+    if "projector" in stages or p.random_init or not p.checkpoint or not path.is_file():
+        return
+    want = file_metadata(path).get("base_info", {}).get("checkpoint_sha256")
+    if want and Path(p.checkpoint).is_file() and sha256(p.checkpoint) != want:
+        raise UserError(
+            f"--set projector.checkpoint={p.checkpoint}: not the base the adapters in {path} were trained on "
+            "(sha256 differs); give that file, or train the adapters again with 'hellodd projector'"
+        )
+
+
 def _distill(cfg: Config, stages: tuple[str, ...]) -> None:
     d = cfg.distill
     if d.update or d.adapt_steps > 0:
         check_base(cfg.projector)  # the update and the view adaptation load the projector
+        _adapters_base(cfg, stages)
     task = task_of(cfg.data)
     task.check_set(cfg)  # a task whose sets are not read from a folder refuses init=folder here
     if d.init == "folder" and is_released_set(d.images):
@@ -87,6 +104,7 @@ def _evaluate(cfg: Config, stages: tuple[str, ...]) -> None:
     names = [*cfg.evaluate.label_sources, *(cfg.evaluate.baseline_sources if "distill" in stages else [])]
     if any(split_source(n)[0] in PROJECTOR_SOURCES for n in names):
         check_base(cfg.projector)
+        _adapters_base(cfg, stages)
 
 
 NEEDS: dict[str, Callable[[Config, tuple[str, ...]], None]] = {

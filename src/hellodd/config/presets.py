@@ -194,17 +194,31 @@ def _glyphs(
     val_renderings: int,
     teacher_epochs: int,
     window: list[float],
+    base: str = "imagenet",
 ) -> Config:
     """The heavy-label regime on real typefaces (hellodd.glyphs): ``classes`` characters, 32-px grey, split by
     typeface.  The teacher trains to convergence with its pool along the trajectory; the weak teachers are
     an early window of it (supplement A.2's rule); the projector's head has LoRA rank 128 (A.4); every stored-label
-    compressor of the field is swept beside the projector (its extra points on the first seed only)."""
+    compressor of the field is swept beside the projector (its extra points on the first seed only).
+
+    ``base``: ``imagenet`` (EfficientNet-Lite0 at 64 px, the measured runs of docs/heavy-labels.md) or
+    ``glyph-base`` (the ``glyphs-base`` preset's classifier, pretrained on characters none of these presets
+    uses, read at its own 32 px with LoRA on every convolution)."""
     e = float(teacher_epochs)
+    on_glyphs = {
+        "base": "classifier:convnet",
+        "checkpoint": GLYPH_BASE_CHECKPOINT,
+        "image_size": 32,
+        "frozen_depth": 0.0,
+    }
+    projector = {"base": "efficientnet-lite0", "image_size": 64, "frozen_depth": 0.5}
+    projector |= on_glyphs if base == "glyph-base" else {}
     pool = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0] + [float(x) for x in range(4, teacher_epochs + 1)]
     sweep = [f"{m}:{x}" for m in ("lpld", "lpqld") for x in ("10", "40", "200", "adapters")]
+    name = f"glyphs-{classes}" + ("" if base == "imagenet" else f"-{base}")
     return Config(
-        preset=f"glyphs-{classes}",
-        out=f"runs/glyphs-{classes}",
+        preset=name,
+        out=f"runs/{name}",
         data=DataConfig(
             name="glyphs",
             root=FONTS_DEBIAN,
@@ -227,9 +241,7 @@ def _glyphs(
             eval_batch_size=1000,
         ),
         projector=ProjectorConfig(
-            base="efficientnet-lite0",
             head_init="prototypes",
-            image_size=64,
             encoder_rank=8,
             head_rank=128,
             lr=3e-3,
@@ -239,8 +251,8 @@ def _glyphs(
             augment="none",
             teacher_epochs=window,
             num_teachers=3,
-            frozen_depth=0.5,
             ablate_random_base=False,
+            **projector,
         ),
         distill=DistillConfig(
             ipc=ipc,
@@ -265,6 +277,50 @@ def _glyphs(
             baseline_sources=["hard", "teacher", "projector"],
             keep_stored=False,
         ),
+    )
+
+
+# the glyphs-base preset's final classifier, where `hellodd teachers --preset glyphs-base` writes it
+GLYPH_BASE_CHECKPOINT = "runs/glyphs-base/teachers/final.safetensors"
+
+
+def _glyph_base() -> Config:
+    """A glyph foundation model that never saw a class of the glyphs presets: a classifier of the 2,000
+    characters ranked 1,001-3,000, trained on the training faces only and validated on other renderings of
+    them (never a held-out face); ranks 1-1,000 are refused.  Only its teacher stage is meant to run: its
+    final checkpoint is the projector base of the ``glyphs-*-glyph-base`` presets."""
+    return Config(
+        preset="glyphs-base",
+        out="runs/glyphs-base",
+        data=DataConfig(
+            name="glyphs",
+            root=FONTS_DEBIAN,
+            image_size=32,
+            glyph_classes=2000,
+            glyph_first=1000,
+            glyph_reserved=1000,
+            glyph_val_faces="train",
+            # 40 renderings per class (20 faces x 2), validated on one more per face: 120,000 images to render
+            glyph_train_renderings=2,
+            glyph_val_renderings=1,
+        ),
+        # the calibration's ConvNet-D3 (two epochs on 1,000 of these characters read the glyphs-100 faces at 39%
+        # zero-shot, docs/heavy-labels.md) on twice the classes for twice the epochs, within 45 minutes of a
+        # 2-core CPU in fp32
+        teacher=TeacherConfig(
+            arch="convnet",
+            epochs=4,
+            batch_size=256,
+            lr=0.02,
+            momentum=0.9,
+            weight_decay=5e-4,
+            lr_step=2,
+            lr_gamma=0.3,
+            pool_epochs=[2.0, 4.0],
+            augment="none",
+            eval_batch_size=1000,
+        ),
+        engine=EngineConfig(precision="auto"),
     )
 
 
@@ -372,6 +428,26 @@ PRESETS: dict[str, typing.Callable[[], Config]] = {
     # 2-18 of ImageNet-1K's 90 do for a ResNet-18 (docs/heavy-labels.md): 10%, 20% and 34% against 44.5%
     "glyphs-1000": lambda: _glyphs(
         1000, ipc=1, train_renderings=3, val_renderings=2, teacher_epochs=6, window=[1.5, 2.0, 3.0]
+    ),
+    # the same with a base that knows characters: the glyphs-base preset's classifier (train it first)
+    "glyphs-base": _glyph_base,
+    "glyphs-100-glyph-base": lambda: _glyphs(
+        100,
+        ipc=10,
+        train_renderings=10,
+        val_renderings=5,
+        teacher_epochs=8,
+        window=[1.0, 1.5, 2.0],
+        base="glyph-base",
+    ),
+    "glyphs-1000-glyph-base": lambda: _glyphs(
+        1000,
+        ipc=1,
+        train_renderings=3,
+        val_renderings=2,
+        teacher_epochs=6,
+        window=[1.5, 2.0, 3.0],
+        base="glyph-base",
     ),
     # segmentation: 64-px scenes of real Fashion-MNIST garments; a small FCN teacher, 20 epochs (val mIoU 38.2%
     # against 30.8% after 10: docs/segmentation.md)

@@ -35,6 +35,7 @@ DataName = Literal[
     "masks",
 ]
 IGNORE_INDEX = 255  # a class map's unlabelled pixels (hellodd.config.tasks: which datasets have maps)
+GlyphValFaces = Literal["held-out", "train"]
 Precision = Literal["auto", "32-true", "bf16-mixed", "16-mixed", "64-true"]
 Augment = Literal["none", "flip", "crop-flip", "rrc-flip"]
 FloatDtype = Literal["float32", "float16", "bfloat16"]
@@ -101,6 +102,10 @@ class DataConfig:
     # glyphs (hellodd.glyphs): root is the fonts folder; the N most common characters every face covers, each
     # rendered this many times per training face / validation face, seeded; the Unihan file that ranks them
     glyph_classes: int = 100
+    glyph_first: int = 0  # the classes are ranks glyph_first + 1 to glyph_first + glyph_classes
+    # ranks 1 to glyph_reserved are other presets' classes, refused here (a base pretrained on other characters)
+    glyph_reserved: int = 0
+    glyph_val_faces: GlyphValFaces = "held-out"  # train: validate on other renderings of the training faces
     glyph_train_renderings: int = 3
     glyph_val_renderings: int = 2
     glyph_seed: int = 0

@@ -116,6 +116,19 @@ def validate(cfg: Config) -> None:
             "names for dense projectors (prototypes: whole-image projectors)",  # bases: check_base
         ),
         (len(cfg.evaluate.students) >= 1, "evaluate.students", "a list of at least one architecture"),
+        (cfg.data.glyph_first >= 0, "data.glyph_first", "0 or more"),
+        # a base pretrained on other characters never sees the glyphs presets' classes, nor a held-out face
+        (
+            cfg.data.glyph_first >= cfg.data.glyph_reserved,
+            "data.glyph_first",
+            f"at least data.glyph_reserved={cfg.data.glyph_reserved}: ranks 1 to {cfg.data.glyph_reserved} "
+            "are the classes of the sets this one must never see",
+        ),
+        (
+            cfg.data.glyph_reserved == 0 or cfg.data.glyph_val_faces == "train",
+            "data.glyph_val_faces",
+            "train (this set must never see a held-out face)",
+        ),
     ]
     task = spec_of(cfg)  # its networks, and the settings it rules out
     archs, known = task.networks, task.knows

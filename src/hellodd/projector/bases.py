@@ -6,7 +6,9 @@ head's cache file (supplement A.3; docs/method.md).  One module per kind of base
   (``clip:RN50`` is the paper's);
 * ``efficientnet-lite0`` / ``efficientnet-lite2`` (:mod:`.efficientnet`): ImageNet-pretrained, its head
   the network's own ImageNet classifier mapped to the classes by name;
-* ``sam:<vit_b|vit_l|vit_h>`` (:mod:`.sam`, dense only): SAM's image encoder from a user's checkpoint.
+* ``sam:<vit_b|vit_l|vit_h>`` (:mod:`.sam`, dense only): SAM's image encoder from a user's checkpoint;
+* ``classifier:<arch>`` (:mod:`.classifier`): any classifier from a user's checkpoint (hellodd, torchvision
+  or timm), its features before its last layer, its head from prototypes.
 
 For CLIP and EfficientNet the head's start is derived from public weights and class names: it costs no
 storage.  SAM knows no class names: its head is learnt in full and stored.
@@ -27,7 +29,7 @@ import torch
 from hellodd.config import ProjectorConfig
 from hellodd.errors import UserError
 from hellodd.io import sha256
-from hellodd.projector import clip, efficientnet, sam  # noqa: F401  (each registers its kinds of base)
+from hellodd.projector import classifier, clip, efficientnet, sam  # noqa: F401  (each registers its kinds)
 from hellodd.projector.clip import prompt_templates
 from hellodd.projector.efficientnet import check_minilm, minilm_similarity
 from hellodd.projector.model import BaseInfo, Projector

@@ -207,6 +207,8 @@ def train_projector(
         "seed": cfg.engine.seed,
         "data": [cfg.data.name, len(train)],
     }
+    if proj.info.checkpoint_sha256:  # a user's base file: a state trained on another file is never resumed
+        key["base_checkpoint_sha256"] = proj.info.checkpoint_sha256
     # never silently overwrite adapters trained from something else
     hint = f"use another --out, or delete {out} to restart"
     point = ResumePoint(
