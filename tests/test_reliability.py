@@ -286,31 +286,32 @@ def test_sigterm_in_a_validation_pass_leaves_it_and_resumes_to_the_same_teacher(
         assert _same_tensors(base / "teachers" / f, cut / "teachers" / f), f
 
 
-@pytest.mark.parametrize(
-    "source, hook, line",
-    [
-        # stored labels being written: left inside an epoch's labelling (finished epochs are files)
-        ("stored", {"HELLODD_DIE_IN": "stored-label writing"}, LEFT.format("stored-label writing")),
-        # a student inside an epoch (2 steps each): checkpointed after the step, not at the epoch's end
-        ("teacher", {"HELLODD_DIE_AT_STEP": 3, "HELLODD_DIE_SIGNAL": "TERM"}, "stopped at step 1/6"),
-    ],
-)
-def test_sigterm_inside_an_evaluation_stops_there_and_resumes_to_the_same_result(
-    base, tmp_path, source, hook, line
-):
+def test_sigterm_inside_an_evaluation_stops_there_and_resumes_to_the_same_result(base, tmp_path):
+    """Stopped three times: inside an epoch's stored-label writing (left at its next batch: finished epochs
+    are files), after its third epoch file, then inside a student's epoch (2 steps each: checkpointed after
+    the step, not at the epoch's end); the step hook fires at the first loop that reaches step 3."""
     outs = [tmp_path / "cut", tmp_path / "ref"]
     for out in outs:
         _copy(base, out, ["teachers", "projector", "distill"])
-    more = ["--set", f"evaluate.label_sources=[{source}]", "--set", "evaluate.seeds=[0]"]
+    more = ["--set", "evaluate.label_sources=[stored]", "--set", "evaluate.seeds=[0]"]
     more += ["--set", "evaluate.epochs=6"]
-    stopped, lines = _stopped(_cmd("evaluate", outs[0], *more), **hook)
-    assert stopped.returncode == 143 and len(lines) == 1 and line in lines[0], stopped.stderr[-1500:]
-    resumed = subprocess.run(
-        _cmd("evaluate", outs[0], *more), env=cli_env(), timeout=300, capture_output=True, text=True
-    )
+    cmd = _cmd("evaluate", outs[0], *more)
+    for hook, line in (
+        ({"HELLODD_DIE_IN": "stored-label writing"}, LEFT.format("stored-label writing")),
+        (
+            {"HELLODD_DIE_AT_STEP": 3, "HELLODD_DIE_SIGNAL": "TERM"},
+            "stored-label writing stopped at step 3/6",
+        ),
+        (
+            {"HELLODD_DIE_AT_STEP": 3, "HELLODD_DIE_SIGNAL": "TERM"},
+            "stored -> convnet-d2-w16, seed 0) stopped at step 1/6",
+        ),
+    ):
+        stopped, lines = _stopped(cmd, **hook)
+        assert stopped.returncode == 143 and len(lines) == 1 and line in lines[0], stopped.stderr[-1500:]
+    resumed = subprocess.run(cmd, env=cli_env(), timeout=300, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
-    if source == "teacher":
-        assert "resuming at epoch 1/6, step 1" in resumed.stdout
+    assert "resuming at epoch 1/6, step 1" in resumed.stdout
     assert main(_cmd("evaluate", outs[1], *more)[3:]) == 0
     rows = [json.loads((o / "evaluate" / "ipc2-rded-update" / "results.json").read_text()) for o in outs]
     assert [(r["score"], r["final_loss"]) for r in rows[0]] == [

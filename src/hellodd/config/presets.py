@@ -193,7 +193,7 @@ def _glyphs(
     train_renderings: int,
     val_renderings: int,
     teacher_epochs: int,
-    window: list[float],
+    window: tuple[float, ...],
     base: str = "imagenet",
 ) -> Config:
     """The heavy-label regime on real typefaces (hellodd.glyphs): ``classes`` characters, 32-px grey, split by
@@ -249,7 +249,7 @@ def _glyphs(
             epochs=2,
             batch_size=128,
             augment="none",
-            teacher_epochs=window,
+            teacher_epochs=list(window),
             num_teachers=3,
             ablate_random_base=False,
             **projector,
@@ -415,40 +415,28 @@ def _sam_segmentation(name: str, data: DataConfig, subset: float) -> Config:
     return _segmentation(name, data, teacher, projector, subset, evaluate, precision="32-true")
 
 
+# the two heavy-label presets: ImageNet-100's and ImageNet-1K's analogues on printed Han characters
+GLYPHS_100 = dict(
+    classes=100, ipc=10, train_renderings=10, val_renderings=5, teacher_epochs=8, window=(1.0, 1.5, 2.0)
+)
+GLYPHS_1000 = dict(
+    classes=1000, ipc=1, train_renderings=3, val_renderings=2, teacher_epochs=6, window=(1.5, 2.0, 3.0)
+)
+
 PRESETS: dict[str, typing.Callable[[], Config]] = {
     "fashion-mnist": _fashion_mnist,
     "imagenet-100": lambda: _imagenet("imagenet-100", head_rank=64),
     "imagenet-1k": lambda: _imagenet("imagenet-1k", head_rank=128),
     "places365": lambda: _imagenet("places365", head_rank=128),
     # the heavy-label regime: the ImageNet-100 and ImageNet-1K analogues on printed Han characters
-    "glyphs-100": lambda: _glyphs(
-        100, ipc=10, train_renderings=10, val_renderings=5, teacher_epochs=8, window=[1.0, 1.5, 2.0]
-    ),
+    "glyphs-100": lambda: _glyphs(**GLYPHS_100),
     # weak teachers where the trajectory reaches a quarter to three quarters of its final accuracy, as epochs
     # 2-18 of ImageNet-1K's 90 do for a ResNet-18 (docs/heavy-labels.md): 10%, 20% and 34% against 44.5%
-    "glyphs-1000": lambda: _glyphs(
-        1000, ipc=1, train_renderings=3, val_renderings=2, teacher_epochs=6, window=[1.5, 2.0, 3.0]
-    ),
+    "glyphs-1000": lambda: _glyphs(**GLYPHS_1000),
     # the same with a base that knows characters: the glyphs-base preset's classifier (train it first)
     "glyphs-base": _glyph_base,
-    "glyphs-100-glyph-base": lambda: _glyphs(
-        100,
-        ipc=10,
-        train_renderings=10,
-        val_renderings=5,
-        teacher_epochs=8,
-        window=[1.0, 1.5, 2.0],
-        base="glyph-base",
-    ),
-    "glyphs-1000-glyph-base": lambda: _glyphs(
-        1000,
-        ipc=1,
-        train_renderings=3,
-        val_renderings=2,
-        teacher_epochs=6,
-        window=[1.5, 2.0, 3.0],
-        base="glyph-base",
-    ),
+    "glyphs-100-glyph-base": lambda: _glyphs(**GLYPHS_100, base="glyph-base"),
+    "glyphs-1000-glyph-base": lambda: _glyphs(**GLYPHS_1000, base="glyph-base"),
     # segmentation: 64-px scenes of real Fashion-MNIST garments; a small FCN teacher, 20 epochs (val mIoU 38.2%
     # against 30.8% after 10: docs/segmentation.md)
     "fashion-mnist-scenes": lambda: _scenes(
