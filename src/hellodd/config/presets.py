@@ -305,8 +305,7 @@ def _glyph_base() -> Config:
             glyph_val_renderings=1,
         ),
         # the calibration's ConvNet-D3 (two epochs on 1,000 of these characters read the glyphs-100 faces at 39%
-        # zero-shot, docs/heavy-labels.md) on twice the classes for twice the epochs, within 45 minutes of a
-        # 2-core CPU in fp32
+        # zero-shot) on twice the classes for twice the epochs; its time and what it reads: docs/heavy-labels.md
         teacher=TeacherConfig(
             arch="convnet",
             epochs=4,
