@@ -24,6 +24,7 @@ registered at the end of this module (:mod:`.registry`).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -124,7 +125,7 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
         return load_tensors(path)[0]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types for a file that is not a checkpoint
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # what a non-checkpoint raises
         raise UserError(f"--set projector.checkpoint={path}: not a state dict ({type(e).__name__})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
