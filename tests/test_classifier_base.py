@@ -102,6 +102,17 @@ def test_torchvision_and_timm_state_dicts(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "spec", ["classifier:convnet", "classifier:torchvision.resnet18", "classifier:timm.test_resnet"]
+)
+def test_the_exported_normalisation_is_the_one_the_base_reads_with(spec):
+    """What an export's manifest tells a loader (the kind's norm_of) is what the built base normalises with."""
+    from hellodd.projector.registry import kind_of
+
+    built = build_base(_pcfg(spec, random_init=True), CHARS).info
+    assert kind_of(spec).norm_of(spec) == (tuple(built.mean), tuple(built.std))
+
+
+@pytest.mark.parametrize(
     "base, extra, message",
     [
         ("classifier:", {}, "unknown base 'classifier:'"),

@@ -114,7 +114,7 @@ def build_manifest(
 ) -> dict:
     """The manifest; ``images`` describes images held outside ``images.safetensors`` (an hf export's shards)."""
     p, info, ev = adapter_meta["projector"], adapter_meta["base_info"], cfg.evaluate
-    kind = kind_of(p["base"])
+    mean, std = kind_of(p["base"]).norm_of(p["base"])
     total = sum(v["bytes"] for v in parts.values())
     task = task_of(cfg)
     formula = task.loss_formula(ev.loss)
@@ -152,8 +152,8 @@ def build_manifest(
                 f"grey images repeated to 3 channels, antialiased bilinear resize to {p['image_size']} px, "
                 "then normalised with mean and std"
             ),
-            "mean": list(kind.mean),
-            "std": list(kind.std),
+            "mean": list(mean),
+            "std": list(std),
         },
         "views": {
             "what": "the student views the adapters were fitted to and the loader generates",

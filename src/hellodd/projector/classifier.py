@@ -157,17 +157,27 @@ def _hellodd_encoder(pcfg: ProjectorConfig, arch: str) -> tuple[nn.Module, tuple
     return (GreyInput(model) if model.spec["in_channels"] == 1 else model), IDENTITY
 
 
-def _library_encoder(pcfg: ProjectorConfig, library: str, arch: str) -> tuple[nn.Module, tuple]:
+def _library_net(library: str, arch: str) -> tuple[nn.Module, tuple]:
+    """A torchvision or timm network, untrained, with the input normalisation its weights are trained with."""
     if library == "torchvision":
         import torchvision.models as tvm
 
-        net, norm = tvm.get_model(arch, weights=None), (IMAGENET_MEAN, IMAGENET_STD)
-    else:
-        import timm
+        return tvm.get_model(arch, weights=None), (IMAGENET_MEAN, IMAGENET_STD)
+    import timm
 
-        net = timm.create_model(arch, pretrained=False)
-        cfg = net.pretrained_cfg or {}
-        norm = (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    net = timm.create_model(arch, pretrained=False)
+    cfg = net.pretrained_cfg or {}
+    return net, (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+
+
+def normalisation(spec: str) -> tuple[tuple, tuple]:
+    """What a classifier base's input is normalised with: a hellodd network normalises its own input."""
+    library, arch = parse(spec)
+    return IDENTITY if library == "hellodd" else _library_net(library, arch)[1]
+
+
+def _library_encoder(pcfg: ProjectorConfig, library: str, arch: str) -> tuple[nn.Module, tuple]:
+    net, norm = _library_net(library, arch)
     dropped = drop_last_linear(net)
     if not pcfg.random_init:
         _load_without(net, _state_dict(pcfg.checkpoint), dropped, pcfg.checkpoint)
@@ -216,6 +226,7 @@ register(
         build=build_classifier,
         mean=IDENTITY[0],
         std=IDENTITY[1],
+        normalisation=normalisation,
         checkpoint_option="--set projector.checkpoint={}",
         checkpoint_what="a classifier's weights: a hellodd model file, or a torchvision or timm state dict",
         head_file=classifier_head_file,

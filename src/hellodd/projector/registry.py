@@ -44,6 +44,8 @@ class BaseKind:
     build: Callable[[ProjectorConfig, list[str], Path | None, bool], Projector]
     mean: tuple[float, float, float]  # the input normalisation the base was trained with
     std: tuple[float, float, float]
+    # where it differs between the kind's specs (a classifier's library): spec -> (mean, std)
+    normalisation: Callable[[str], tuple[tuple, tuple]] | None = None
     # a user's weights file: how a command line gives it, ``{}`` standing for its path
     # (``--clip-checkpoint {}``), and what file it is
     checkpoint_option: str | None = None
@@ -62,6 +64,10 @@ class BaseKind:
                 f"base kind {self.name!r}: its weights come from a checkpoint (checkpoint_option) or a "
                 "package (packaged_weights), exactly one"
             )
+
+    def norm_of(self, spec: str) -> tuple[tuple, tuple]:
+        """The input normalisation of the base ``spec`` names: (mean, std)."""
+        return self.normalisation(spec) if self.normalisation else (self.mean, self.std)
 
     @property
     def learnt_head(self) -> bool:
